@@ -1,0 +1,227 @@
+/*
+ * host/host.c - creating, running and freeing a host; the bridge from the
+ * loop into the Lua scheduler of lua/tide/core.lua.
+ */
+#define _GNU_SOURCE
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include <event2/event.h>
+#include <event2/thread.h>
+#include <lualib.h>
+
+#include "internal.h"
+
+static char host_key; /* registry key of the host's lightuserdata */
+
+int64_t tide__hrtime(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+tide_host *tide_from_lua(lua_State *L) {
+  tide_host *h;
+  lua_pushlightuserdata(L, &host_key);
+  lua_rawget(L, LUA_REGISTRYINDEX);
+  h = lua_touserdata(L, -1);
+  lua_pop(L, 1);
+  return h;
+}
+
+lua_State *tide_lua(tide_host *h) { return h->L; }
+struct event_base *tide_event_base(tide_host *h) { return h->base; }
+int tide_exit_code(const tide_host *h) {
+  return h->exiting ? h->exit_code : -1;
+}
+
+void tide__exit(tide_host *h, int code) {
+  if (h->exiting) return; /* the first reason to exit wins */
+  h->exiting = 1;
+  h->exit_code = code;
+}
+
+void tide__call(tide_host *h, int fn_ref, int nargs) {
+  lua_State *L = h->L;
+  if (h->phase == TIDE_PHASE_POLL) { /* other phases count in their loop */
+    if (!h->poll_woke) h->poll_woke = tide__hrtime();
+    h->phase_calls[TIDE_PHASE_POLL]++;
+  }
+  lua_rawgeti(L, LUA_REGISTRYINDEX, fn_ref);
+  lua_insert(L, -(nargs + 1));
+  /* run_task and run_direct catch errors of the code they run; what gets
+   * here is a failure of the scheduler itself, such as memory. */
+  if (lua_pcall(L, nargs, 0, 0) != 0) {
+    fprintf(stderr, "tide: %s\n", lua_tostring(L, -1));
+    lua_pop(L, 1);
+  }
+}
+
+/* package.preload loader for the Lua files embedded in the binary */
+static int load_embedded(lua_State *L) {
+  const tide__lua_module *m = lua_touserdata(L, lua_upvalueindex(1));
+  if (luaL_loadbuffer(L, (const char *)m->code, m->size, m->name) != 0)
+    return lua_error(L);
+  lua_pushvalue(L, 1);
+  lua_call(L, 1, 1);
+  return 1;
+}
+
+static void set_paths(lua_State *L, const char *dir) {
+  if (!dir) return;
+  lua_getglobal(L, "package");
+  lua_getfield(L, -1, "path");
+  lua_pushfstring(L, "%s/?.lua;%s/?/init.lua;%s", dir, dir,
+                  lua_tostring(L, -1));
+  lua_setfield(L, -3, "path");
+  lua_pop(L, 1);
+  lua_getfield(L, -1, "cpath");
+  lua_pushfstring(L, "%s/?.so;%s", dir, lua_tostring(L, -1));
+  lua_setfield(L, -3, "cpath");
+  lua_pop(L, 2);
+}
+
+static void set_arg(lua_State *L, const tide_options *o) {
+  int i;
+  if (!o->argv) return;
+  lua_createtable(L, o->argc, 1);
+  for (i = 0; i < o->argc; i++) {
+    lua_pushstring(L, o->argv[i]);
+    lua_rawseti(L, -2, i - o->script_index);
+  }
+  lua_setglobal(L, "arg");
+}
+
+static int open_host(lua_State *L) {
+  tide_host *h = lua_touserdata(L, 1);
+  const tide__lua_module *m;
+  luaL_openlibs(L);
+  lua_pushlightuserdata(L, &host_key);
+  lua_pushlightuserdata(L, h);
+  lua_rawset(L, LUA_REGISTRYINDEX);
+  set_paths(L, h->opts.script_dir);
+
+  lua_getglobal(L, "package");
+  lua_getfield(L, -1, "preload");
+  for (m = tide__lua_modules; m->name; m++) {
+    lua_pushlightuserdata(L, (void *)m);
+    lua_pushcclosure(L, load_embedded, 1);
+    lua_setfield(L, -2, m->name);
+  }
+  lua_pushcfunction(L, tide__open_core);
+  lua_setfield(L, -2, "tide");
+  lua_pop(L, 2);
+
+  lua_getglobal(L, "require");
+  lua_pushliteral(L, "tide");
+  lua_call(L, 1, 1);
+  if (!h->opts.no_globals) {
+    lua_setglobal(L, "tide");
+    set_arg(L, &h->opts);
+  }
+  return 0;
+}
+
+static void use_threads(void) { evthread_use_pthreads(); }
+
+tide_host *tide_host_new(const tide_options *opts, char *err, size_t errlen) {
+  static pthread_once_t once = PTHREAD_ONCE_INIT;
+  tide_host *h;
+  const char *why = NULL;
+  const char *env;
+
+  pthread_once(&once, use_threads);
+  h = calloc(1, sizeof *h);
+  if (!h) {
+    if (err) snprintf(err, errlen, "not enough memory");
+    return NULL;
+  }
+  if (opts) h->opts = *opts;
+  h->phase = TIDE_PHASE_MAIN;
+  h->start = h->now = tide__hrtime();
+  h->ref_run_task = h->ref_run_direct = h->ref_start = LUA_NOREF;
+  h->threads = h->opts.threads;
+  if (h->threads <= 0 && (env = getenv("TIDE_THREADPOOL_SIZE")) != NULL)
+    h->threads = atoi(env);
+  if (h->threads <= 0) h->threads = 4;
+  if (h->threads > 1024) h->threads = 1024;
+  tide__timers_init(&h->timers);
+
+  h->base = event_base_new();
+  if (!h->base) why = "could not create the event base";
+  if (!why && !(h->L = luaL_newstate())) why = "not enough memory";
+  if (!why) {
+    lua_pushcfunction(h->L, open_host);
+    lua_pushlightuserdata(h->L, h);
+    if (lua_pcall(h->L, 1, 0, 0) != 0) why = lua_tostring(h->L, -1);
+  }
+  if (why) {
+    if (err) snprintf(err, errlen, "%s", why);
+    tide_host_free(h);
+    return NULL;
+  }
+  return h;
+}
+
+void tide_register(tide_host *h, const char *name, lua_CFunction fn) {
+  lua_pushcfunction(h->L, fn);
+  lua_setglobal(h->L, name);
+}
+
+void tide_register_module(tide_host *h, const char *name, lua_CFunction open) {
+  lua_State *L = h->L;
+  lua_getglobal(L, "package");
+  lua_getfield(L, -1, "preload");
+  lua_pushcfunction(L, open);
+  lua_setfield(L, -2, name);
+  lua_pop(L, 2);
+}
+
+int tide_start(tide_host *h, int main) {
+  lua_State *L = h->L;
+  lua_rawgeti(L, LUA_REGISTRYINDEX, h->ref_start);
+  lua_insert(L, -2);
+  lua_pushboolean(L, main);
+  if (lua_pcall(L, 2, 0, 0) != 0) return -1;
+  return 0;
+}
+
+int tide_run_file(tide_host *h, const char *path) {
+  if (luaL_loadfile(h->L, path) != 0) return -1;
+  return tide_start(h, 0);
+}
+
+int tide_run_main(tide_host *h, const char *path) {
+  if (luaL_loadfile(h->L, path) != 0) return -1;
+  return tide_start(h, 1);
+}
+
+int tide_run_string(tide_host *h, const char *code, const char *name) {
+  if (luaL_loadbuffer(h->L, code, strlen(code), name ? name : code) != 0)
+    return -1;
+  return tide_start(h, 0);
+}
+
+void tide_host_free(tide_host *h) {
+  if (!h) return;
+  if (h->L) {
+    /* Close every handle (the GC closes what scripts forgot), then let the
+     * close callbacks run before the state goes. */
+    int exiting = h->exiting;
+    h->exiting = 0;
+    tide__timers_free(&h->timers); /* timers live in userdata: disarm now */
+    tide__timers_init(&h->timers);
+    lua_gc(h->L, LUA_GCCOLLECT, 0);
+    while (h->closing.head || h->pending.head)
+      tide_loop_run(h, TIDE_RUN_NOWAIT);
+    h->exiting = exiting;
+    lua_close(h->L);
+  }
+  tide__timers_free(&h->timers);
+  if (h->poll_timer) event_free(h->poll_timer);
+  if (h->base) event_base_free(h->base);
+  free(h);
+}

@@ -1,0 +1,125 @@
+/*
+ * host/internal.h - what the core's files share (the `tide__` names).
+ */
+#ifndef TIDE_INTERNAL_H
+#define TIDE_INTERNAL_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "tide.h"
+#include "timer.h"
+
+struct event;
+
+enum tide__phase {
+  TIDE_PHASE_TIMERS,
+  TIDE_PHASE_PENDING,
+  TIDE_PHASE_POLL,
+  TIDE_PHASE_CHECK,
+  TIDE_PHASE_CLOSE,
+  TIDE_PHASE_MAIN, /* before the loop starts, and between runs */
+  TIDE_PHASE_COUNT_LOOP = TIDE_PHASE_MAIN
+};
+
+extern const char *const tide__phase_names[];
+
+/* A deferred callback: queued for the pending phase (tide__defer) or the
+ * close phase (tide__close_later). The struct is usually embedded in the
+ * handle or request it belongs to. */
+typedef struct tide__deferred tide__deferred;
+typedef void (*tide__deferred_cb)(tide_host *h, tide__deferred *d);
+struct tide__deferred {
+  tide__deferred *next;
+  tide__deferred_cb cb;
+  int queued;
+};
+
+typedef struct tide__dlist {
+  tide__deferred *head, *tail;
+} tide__dlist;
+
+/* A timer of the host: every timer in h->timers is one of these. */
+typedef struct tide__ctimer tide__ctimer;
+struct tide__ctimer {
+  tide__timer t;
+  void (*cb)(tide_host *h, tide__ctimer *ct);
+};
+
+/* An immediate (check phase); a node of the host's FIFO. */
+typedef struct tide__imm tide__imm;
+struct tide__imm {
+  tide__imm *next, *prev;
+  void (*cb)(tide_host *h, tide__imm *im);
+  uint64_t seq; /* push order: the check phase runs those older than it */
+  int queued;
+  int ref; /* keeps the loop alive while queued */
+};
+
+struct tide_host {
+  lua_State *L;
+  struct event_base *base;
+  struct event *poll_timer; /* bounds the poll phase's wait */
+  tide__timers timers;
+
+  int64_t now;   /* cached monotonic ns, updated at each iteration's start */
+  int64_t start; /* monotonic ns at creation */
+  int phase;
+  int running;   /* inside tide_loop_run */
+  int stop;      /* tide_stop was called */
+  int exiting;   /* tide.exit or main task error: code in exit_code */
+  int exit_code;
+
+  int refs; /* referenced, active handles: the loop is alive while > 0 */
+
+  tide__imm *imm_head, *imm_tail;
+  size_t imm_count;
+  uint64_t imm_seq;
+  tide__dlist pending, closing;
+
+  /* Lua functions of lua/tide/core.lua called by the loop (registry refs) */
+  int ref_run_task;   /* run_task(fn, ...): fn in a pooled coroutine */
+  int ref_run_direct; /* run_direct(fn, ...): fn in the main state */
+  int ref_start;      /* start(fn, main): fn as a new task, run at once */
+
+  /* tide.stats() */
+  uint64_t iterations;
+  uint64_t phase_calls[TIDE_PHASE_COUNT_LOOP];
+  int64_t phase_ns[TIDE_PHASE_COUNT_LOOP];
+  int64_t idle_ns;   /* time spent waiting in poll */
+  int64_t poll_woke; /* when poll's first callback ran, or 0 */
+  int64_t lag_ns;  /* how late the last timer that fired was */
+  int64_t lag_max_ns;
+  int threads;     /* configured pool size (the pool is not started yet) */
+
+  tide_options opts;
+};
+
+/* clock */
+int64_t tide__hrtime(void);
+
+/* loop.c */
+void tide__defer(tide_host *h, tide__deferred *d, tide__deferred_cb cb);
+void tide__close_later(tide_host *h, tide__deferred *d, tide__deferred_cb cb);
+void tide__imm_push(tide_host *h, tide__imm *im);
+void tide__imm_remove(tide_host *h, tide__imm *im);
+int tide__loop_alive(const tide_host *h);
+
+/* host.c: calls into the Lua scheduler. fn_ref is h->ref_run_task or
+ * h->ref_run_direct; the nargs values on top of h->L are the arguments
+ * (the function to run first). Errors are reported, never raised. */
+void tide__call(tide_host *h, int fn_ref, int nargs);
+void tide__exit(tide_host *h, int code);
+
+/* core.c: the C half of `require "tide"` */
+int tide__open_core(lua_State *L);
+
+/* lua_modules.c (generated): the embedded lua/tide/ *.lua files */
+typedef struct tide__lua_module {
+  const char *name;
+  const unsigned char *code;
+  size_t size;
+} tide__lua_module;
+extern const tide__lua_module tide__lua_modules[];
+
+#endif

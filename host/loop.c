@@ -1,0 +1,228 @@
+/*
+ * host/loop.c - the loop and its phases.
+ *
+ * tide_loop_run is the whole loop: one iteration runs the five phases in
+ * the order of Node.js (timers, pending, poll, check, close). libevent is
+ * entered only in the poll phase. Every callback into Lua goes through
+ * tide__call, whose Lua side drains the ready queue (tasks made runnable,
+ * tide.next callbacks) before it returns, so the ready queue is always empty
+ * between two callbacks.
+ */
+#include <event2/event.h>
+
+#include "internal.h"
+
+const char *const tide__phase_names[] = {"timers", "pending", "poll",
+                                         "check",  "close",   "main"};
+
+#define HALTED(h) ((h)->stop || (h)->exiting)
+
+/* --- deferred callbacks: the pending and close phases ------------------- */
+
+static void dlist_push(tide__dlist *l, tide__deferred *d) {
+  d->next = NULL;
+  if (l->tail)
+    l->tail->next = d;
+  else
+    l->head = d;
+  l->tail = d;
+}
+
+void tide__defer(tide_host *h, tide__deferred *d, tide__deferred_cb cb) {
+  if (d->queued) return;
+  d->cb = cb;
+  d->queued = 1;
+  dlist_push(&h->pending, d);
+}
+
+void tide__close_later(tide_host *h, tide__deferred *d, tide__deferred_cb cb) {
+  if (d->queued) return;
+  d->cb = cb;
+  d->queued = 1;
+  dlist_push(&h->closing, d);
+}
+
+/* Runs the callbacks that were queued before the phase started; those
+ * queued by them wait for the next iteration. Returns how many ran. */
+static uint64_t dlist_run(tide_host *h, tide__dlist *l) {
+  tide__dlist batch = *l;
+  uint64_t n = 0;
+  l->head = l->tail = NULL;
+  while (batch.head) {
+    tide__deferred *d = batch.head;
+    batch.head = d->next;
+    d->queued = 0;
+    d->cb(h, d);
+    n++;
+    if (HALTED(h)) break;
+  }
+  if (batch.head) { /* halted: put the rest back in front, in order */
+    tide__deferred *last = batch.head;
+    while (last->next) last = last->next;
+    last->next = l->head;
+    if (!l->head) l->tail = last;
+    l->head = batch.head;
+  }
+  return n;
+}
+
+/* --- immediates: the check phase's FIFO --------------------------------- */
+
+void tide__imm_push(tide_host *h, tide__imm *im) {
+  if (im->queued) return;
+  im->queued = 1;
+  im->seq = h->imm_seq++;
+  im->next = NULL;
+  im->prev = h->imm_tail;
+  if (h->imm_tail)
+    h->imm_tail->next = im;
+  else
+    h->imm_head = im;
+  h->imm_tail = im;
+  h->imm_count++;
+  if (im->ref) h->refs++;
+}
+
+void tide__imm_remove(tide_host *h, tide__imm *im) {
+  if (!im->queued) return;
+  if (im->prev)
+    im->prev->next = im->next;
+  else
+    h->imm_head = im->next;
+  if (im->next)
+    im->next->prev = im->prev;
+  else
+    h->imm_tail = im->prev;
+  im->next = im->prev = NULL;
+  im->queued = 0;
+  h->imm_count--;
+  if (im->ref) h->refs--;
+}
+
+/* --- the phases ----------------------------------------------------------- */
+
+int tide__loop_alive(const tide_host *h) {
+  return h->refs > 0 || h->pending.head || h->closing.head;
+}
+
+static void phase_end(tide_host *h, int phase, uint64_t calls, int64_t t0) {
+  h->phase_calls[phase] += calls;
+  if (calls) h->phase_ns[phase] += tide__hrtime() - t0;
+}
+
+/* 1. Timers due at the cached clock, in (deadline, start order). The seq
+ * limit keeps out timers started while the phase runs, even with a zero
+ * delay, so a timer that restarts itself cannot starve the loop. */
+static void run_timers(tide_host *h) {
+  uint64_t limit = h->timers.next_seq, n = 0;
+  tide__timer *t;
+  h->phase = TIDE_PHASE_TIMERS;
+  while (!HALTED(h) &&
+         (t = tide__timers_pop_due(&h->timers, h->now, limit)) != NULL) {
+    tide__ctimer *ct = (tide__ctimer *)t;
+    if (n == 0) {
+      h->lag_ns = h->now - t->deadline;
+      if (h->lag_ns > h->lag_max_ns) h->lag_max_ns = h->lag_ns;
+    }
+    ct->cb(h, ct);
+    n++;
+  }
+  phase_end(h, TIDE_PHASE_TIMERS, n, h->now);
+}
+
+/* 2. Callbacks deferred from the previous iteration. */
+static void run_pending(tide_host *h) {
+  int64_t t0 = h->pending.head ? tide__hrtime() : 0;
+  h->phase = TIDE_PHASE_PENDING;
+  phase_end(h, TIDE_PHASE_PENDING, dlist_run(h, &h->pending), t0);
+}
+
+/* How long poll may wait, in ns; -1 = until an event arrives. */
+static int64_t poll_timeout(tide_host *h, tide_run_mode mode) {
+  tide__timer *next;
+  if (mode == TIDE_RUN_NOWAIT || HALTED(h) || h->imm_count ||
+      h->pending.head || h->closing.head || !tide__loop_alive(h))
+    return 0;
+  next = tide__timers_peek(&h->timers);
+  if (!next) return -1;
+  return next->deadline > h->now ? next->deadline - h->now : 0;
+}
+
+static void poll_timer_cb(evutil_socket_t fd, short what, void *arg) {
+  (void)fd, (void)what, (void)arg; /* only ends the wait */
+}
+
+/* 3. Wait for I/O and run its callbacks. When no event is registered with
+ * libevent and there is nothing to wait for, the system call is skipped. */
+static void run_poll(tide_host *h, tide_run_mode mode) {
+  int64_t timeout = poll_timeout(h, mode), t0, t1;
+  uint64_t calls0 = h->phase_calls[TIDE_PHASE_POLL];
+  h->phase = TIDE_PHASE_POLL;
+  if (timeout == 0 &&
+      event_base_get_num_events(h->base, EVENT_BASE_COUNT_ADDED) == 0)
+    return;
+  t0 = tide__hrtime();
+  h->poll_woke = 0;
+  if (timeout == 0) {
+    event_base_loop(h->base, EVLOOP_NONBLOCK);
+  } else {
+    if (timeout > 0) {
+      struct timeval tv = {(time_t)(timeout / 1000000000),
+                           (suseconds_t)((timeout % 1000000000 + 999) / 1000)};
+      if (!h->poll_timer)
+        h->poll_timer = evtimer_new(h->base, poll_timer_cb, h);
+      evtimer_add(h->poll_timer, &tv);
+    }
+    event_base_loop(h->base, EVLOOP_ONCE);
+    if (timeout > 0) evtimer_del(h->poll_timer);
+  }
+  t1 = tide__hrtime();
+  /* Idle time ends at the first callback (tide__call marks it). */
+  h->idle_ns += (h->poll_woke ? h->poll_woke : t1) - t0;
+  if (h->phase_calls[TIDE_PHASE_POLL] != calls0)
+    h->phase_ns[TIDE_PHASE_POLL] += t1 - (h->poll_woke ? h->poll_woke : t1);
+}
+
+/* 4. Immediates queued before the phase started, FIFO. */
+static void run_check(tide_host *h) {
+  uint64_t limit = h->imm_seq, n = 0;
+  int64_t t0 = h->imm_head ? tide__hrtime() : 0;
+  h->phase = TIDE_PHASE_CHECK;
+  while (!HALTED(h) && h->imm_head && h->imm_head->seq < limit) {
+    tide__imm *im = h->imm_head;
+    tide__imm_remove(h, im);
+    im->cb(h, im);
+    n++;
+  }
+  phase_end(h, TIDE_PHASE_CHECK, n, t0);
+}
+
+/* 5. Close callbacks of handles closed during this iteration. */
+static void run_closing(tide_host *h) {
+  int64_t t0 = h->closing.head ? tide__hrtime() : 0;
+  h->phase = TIDE_PHASE_CLOSE;
+  phase_end(h, TIDE_PHASE_CLOSE, dlist_run(h, &h->closing), t0);
+}
+
+int tide_loop_run(tide_host *h, tide_run_mode mode) {
+  int alive = tide__loop_alive(h);
+  h->stop = 0;
+  h->running++;
+  while (alive && !HALTED(h)) {
+    h->now = tide__hrtime();
+    h->iterations++;
+    run_timers(h);
+    run_pending(h);
+    run_poll(h, mode);
+    run_check(h);
+    run_closing(h);
+    alive = tide__loop_alive(h);
+    if (mode != TIDE_RUN_DEFAULT) break;
+  }
+  h->running--;
+  h->phase = TIDE_PHASE_MAIN;
+  if (h->exiting) return -1;
+  return alive ? 1 : 0;
+}
+
+void tide_stop(tide_host *h) { h->stop = 1; }

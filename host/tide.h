@@ -1,0 +1,104 @@
+/*
+ * tide.h - the public C API of libtide.
+ *
+ * A tide_host owns one lua_State, one libevent event_base, one timer
+ * structure and (later) one worker pool. It runs Lua scripts as tasks on a
+ * loop arranged in Node.js's phases: timers, pending, poll, check, close.
+ *
+ * Threading: a host belongs to the thread that created it. Every function
+ * here must be called from that thread, and never from inside a Lua call
+ * that the host is running unless its comment says so. Several hosts may
+ * run in one process, one per thread.
+ */
+#ifndef TIDE_H
+#define TIDE_H
+
+#include <lua.h>
+#include <lauxlib.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define TIDE_VERSION "0.1.0"
+
+struct event_base;
+typedef struct tide_host tide_host;
+
+/* Options for tide_host_new. Zero-initialise, then set what you need. */
+typedef struct tide_options {
+  int threads;             /* worker pool size; 0 = TIDE_THREADPOOL_SIZE or 4 */
+  const char *script_dir;  /* prepended to package.path ("dir/?.lua;...") */
+  int argc;                /* the script's arguments, for the global `arg` */
+  char **argv;             /* argv[0] is the script name (arg[0]) */
+  int script_index;        /* index in argv of the script (arg[0]); others
+                              before it become negative indices, as in lua */
+  int no_globals;          /* do not set the globals `tide` and `arg` */
+} tide_options;
+
+/* Run modes for tide_loop_run. */
+typedef enum tide_run_mode {
+  TIDE_RUN_DEFAULT = 0, /* until nothing referenced remains, or stopped */
+  TIDE_RUN_ONCE = 1,    /* one iteration; poll waits for I/O if needed */
+  TIDE_RUN_NOWAIT = 2   /* one iteration; poll never blocks */
+} tide_run_mode;
+
+/* Creates a host: a Lua state with the standard libraries and `tide`
+ * loaded, and an event_base. Returns NULL (and a message in err, if given,
+ * of errlen bytes) when memory or the event_base could not be had. */
+tide_host *tide_host_new(const tide_options *opts, char *err, size_t errlen);
+
+/* Closes every handle, runs the loop until the close callbacks have run,
+ * closes the Lua state and frees the host. NULL is allowed. */
+void tide_host_free(tide_host *h);
+
+/* The host's Lua state and event_base, for registering functions and for
+ * C code that adds its own libevent events. Do not close or free them. */
+lua_State *tide_lua(tide_host *h);
+struct event_base *tide_event_base(tide_host *h);
+
+/* The host that owns L (any coroutine of it), or NULL. */
+tide_host *tide_from_lua(lua_State *L);
+
+/* Sets the global `name` to a C function. */
+void tide_register(tide_host *h, const char *name, lua_CFunction fn);
+/* Makes `require(name)` call open (a luaopen_* style function). */
+void tide_register_module(tide_host *h, const char *name, lua_CFunction open);
+
+/* Loads a file (NULL: standard input) or a string and starts it as a task,
+ * which runs at once until its first wait. `name` is the chunk name used in
+ * messages. The results of tide_run_file and tide_run_string: 0 when the
+ * chunk loaded and started; -1 when it did not load (message on the Lua
+ * stack of tide_lua(h), popped by the caller). An error raised later by the
+ * task is reported as described at tide_run_main. */
+int tide_run_file(tide_host *h, const char *path);
+int tide_run_string(tide_host *h, const char *code, const char *name);
+
+/* Like tide_run_file, but the task is the host's *main* task: an error that
+ * escapes it is printed with its traceback on stderr, and the loop stops
+ * with exit code 1. */
+int tide_run_main(tide_host *h, const char *path);
+
+/* Pops the function on top of the Lua stack and starts it as a task, which
+ * runs at once until its first wait; with is_main, as the main task.
+ * Returns 0, or -1 with a message on the stack. */
+int tide_start(tide_host *h, int is_main);
+
+/* Runs the loop. Returns 0 when it ended because nothing referenced
+ * remains, 1 when it returned with work still pending (TIDE_RUN_ONCE,
+ * TIDE_RUN_NOWAIT or tide_stop), and -1 when the host is exiting (tide.exit
+ * or an error in the main task): see tide_exit_code. */
+int tide_loop_run(tide_host *h, tide_run_mode mode);
+
+/* Makes tide_loop_run return after the callback that is running. Safe to
+ * call from a Lua C function the host is running. */
+void tide_stop(tide_host *h);
+
+/* The exit status asked for by tide.exit, or 1 after an error in the main
+ * task; -1 while the host is not exiting. */
+int tide_exit_code(const tide_host *h);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

@@ -1,0 +1,725 @@
+-- lua/tide/core.lua - the scheduler: tasks, the ready queue, waits,
+-- cancellation, timeouts, channels, semaphores and conditions.
+--
+-- host/core.c calls the function this file returns with the C primitives
+-- and gets the `tide` module back. The loop enters Lua only through
+-- run_task, run_direct and start (see C.set_runners); each of them drains
+-- the ready queue before it returns, so the queue is empty between any two
+-- callbacks of the loop.
+--
+-- Tasks run in pooled coroutines ("runners"). A runner runs one job after
+-- another: a spawned task, or a timer, immediate or next callback. A
+-- callback that never waits costs no task object at all; the first time it
+-- waits (or asks for tide.current()), its runner is adopted as a task, and
+-- the runner returns to the pool when the callback ends.
+--
+-- A task is resumed only from here (drain), never from inside another
+-- task: wake() only queues it.
+
+return function(C)
+
+local coroutine_create, resume, yield, running =
+  coroutine.create, coroutine.resume, coroutine.yield, coroutine.running
+local select, type, error, pcall, xpcall, tostring, getmetatable, setmetatable =
+  select, type, error, pcall, xpcall, tostring, getmetatable, setmetatable
+local unpack, traceback, huge = unpack, debug.traceback, math.huge
+local stderr = io.stderr
+
+local tide = {}
+local PARK = {}   -- yielded by a task that waits
+local DONE = {}   -- yielded by a runner whose job ended
+local CANCEL = {} -- wake value: raise the task's cancellation at its wait
+
+local Task = {}
+Task.__index = Task
+local Cancelled = {}
+
+local co_task = {}        -- runner coroutine -> the task it runs
+local is_runner = setmetatable({}, {__mode = "k"})
+local ntasks = 0          -- live tasks (started or not, not finished)
+local last_id = 0         -- tasks are numbered in creation order
+local exiting = false
+local error_handler       -- set by tide.on_error
+
+-- argument checks ----------------------------------------------------------
+
+local function argerror(n, fname, msg)
+  error(("bad argument #%d to '%s' (%s)"):format(n, fname, msg), 3)
+end
+
+local function check_seconds(s, n, fname, optional)
+  if s == nil and optional then return nil end
+  if type(s) ~= "number" then
+    argerror(n, fname, "number expected, got " .. type(s))
+  end
+  if s ~= s or s == huge or s == -huge then
+    argerror(n, fname, "seconds must be a finite number")
+  end
+  return s < 0 and 0 or s
+end
+
+local function check_function(f, n, fname)
+  if type(f) ~= "function" then
+    argerror(n, fname, "function expected, got " .. type(f))
+  end
+end
+
+-- the ready queue -----------------------------------------------------------
+
+local rq, rq_head, rq_tail = {}, 1, 0
+
+local function push_ready(x)
+  rq_tail = rq_tail + 1
+  rq[rq_tail] = x
+end
+
+-- runners ---------------------------------------------------------------------
+
+local pool, npool = {}, 0
+local MAX_POOL = 256
+local finish
+
+-- The error handler of every job: keep the traceback of where it failed.
+local function on_fail(e)
+  if getmetatable(e) == Cancelled then return e end
+  if type(e) == "table" or type(e) == "userdata" then return e end
+  if e == nil then e = "(error object is a nil value)" end
+  -- the frames below the task's own function are the scheduler's
+  return (traceback(tostring(e), 2):gsub("\n%s*%[C%]: in function 'xpcall'.*$", ""))
+end
+
+local function runner_loop(fn, ...)
+  finish(running(), xpcall(fn, on_fail, ...))
+  return runner_loop(yield(DONE))
+end
+
+local function take_runner()
+  if npool > 0 then
+    local co = pool[npool]
+    pool[npool] = nil
+    npool = npool - 1
+    return co
+  end
+  local co = coroutine_create(runner_loop)
+  is_runner[co] = true
+  return co
+end
+
+local function after_resume(co, ok, r)
+  if r == DONE then
+    if npool < MAX_POOL then
+      npool = npool + 1
+      pool[npool] = co
+    end
+  elseif not ok then
+    -- the runner itself failed (out of memory in finish, say)
+    co_task[co] = nil
+    stderr:write("tide: internal error: ", tostring(r), "\n")
+  end
+end
+
+-- reporting ---------------------------------------------------------------------
+
+local function default_handler(err, task)
+  stderr:write("tide: error in ", task and tostring(task) or "a callback",
+               ": ", tostring(err), "\n")
+end
+
+local function report(err, task)
+  local ok, e = pcall(error_handler or default_handler, err, task)
+  if not ok then
+    stderr:write("tide: error in on_error handler: ", tostring(e),
+                 "\nwhile reporting: ", tostring(err), "\n")
+  end
+end
+
+-- tasks -----------------------------------------------------------------------
+
+local function adopt(co)
+  last_id = last_id + 1
+  local t = setmetatable({co = co, status = "running", wseq = 0, id = last_id},
+                         Task)
+  co_task[co] = t
+  ntasks = ntasks + 1
+  return t
+end
+
+-- The task the caller runs in; raises when called outside a task.
+local function current_task(fname)
+  local co = running()
+  local t = co and co_task[co]
+  if t then return t end
+  if co and is_runner[co] then return adopt(co) end
+  error(co and ("'" .. fname .. "' cannot wait inside a coroutine created" ..
+                " with coroutine.create or wrap; use tide.spawn")
+           or ("'" .. fname .. "' must be called inside a task"), 3)
+end
+
+local function wake(t, a, b, c)
+  t.wseq = t.wseq + 1 -- entries of this wait in any queue are now stale
+  t.status = "ready"
+  local tm = t.timer
+  if tm then tm:stop() end
+  t.r1, t.r2, t.r3 = a, b, c
+  push_ready(t)
+end
+
+local function on_timer(t)
+  if t.status == "waiting" then wake(t, nil, "timed out", "ETIMEDOUT") end
+end
+
+local function task_timer(t)
+  local tm = t.timer
+  if not tm then
+    tm = C.timer(on_timer, t)
+    t.timer = tm
+  end
+  return tm
+end
+
+local function raise_cancel(t)
+  local e = t.cancel_err
+  t.cancel_err = nil
+  error(e, 0)
+end
+
+-- Begins a wait: returns the sequence number that marks queue entries of
+-- this wait as live (see is_live).
+local function wait_begin(t)
+  if t.cancel_err then raise_cancel(t) end
+  local s = t.wseq + 1
+  t.wseq = s
+  return s
+end
+
+-- Parks the task until wake(); returns what wake() was given.
+local function wait_end(t, timeout)
+  t.status = "waiting"
+  if timeout then task_timer(t):again(timeout) end
+  local a, b, c = yield(PARK)
+  if a == CANCEL then raise_cancel(t) end
+  return a, b, c
+end
+
+local function is_live(t, s) return t.status == "waiting" and t.wseq == s end
+
+local function finish_results(t, ok, ...)
+  if ok then
+    t.status = "done"
+    local n = select("#", ...)
+    if n > 0 then t.results = {n = n, ...} end
+    return
+  end
+  local e = ...
+  t.err = e
+  if getmetatable(e) == Cancelled and e.task == t and not e.token then
+    t.status = "cancelled"
+  else
+    t.status = "failed"
+  end
+end
+
+local function main_failed(e)
+  stderr:write("tide: ", tostring(e), "\n")
+  exiting = true
+  C.exit(1)
+end
+
+function finish(co, ok, ...)
+  local t = co_task[co]
+  if not t then -- a callback that never waited
+    if not ok then report((...), nil) end
+    return
+  end
+  co_task[co] = nil
+  ntasks = ntasks - 1
+  t.co = nil
+  if t.timer then t.timer:stop() end
+  finish_results(t, ok, ...)
+  local j = t.joiners
+  if t.main and t.status ~= "done" then
+    main_failed(t.err)
+  elseif t.status == "failed" and not j then
+    report(t.err, t)
+  end
+  if j then
+    t.joiners = nil
+    for i = 1, #j, 2 do
+      if is_live(j[i], j[i + 1]) then wake(j[i], true) end
+    end
+  end
+end
+
+local function resume_task(t)
+  if t.status ~= "ready" then return end -- cancelled before it started
+  t.status = "running"
+  local co, ok, r = t.co
+  if not co then
+    co = take_runner()
+    t.co = co
+    co_task[co] = t
+    local fn, args = t.fn, t.args
+    t.fn, t.args = nil, nil
+    if args then
+      ok, r = resume(co, fn, unpack(args, 1, args.n))
+    else
+      ok, r = resume(co, fn)
+    end
+  else
+    local a, b, c = t.r1, t.r2, t.r3
+    t.r1, t.r2, t.r3 = nil, nil, nil
+    ok, r = resume(co, a, b, c)
+  end
+  after_resume(co, ok, r)
+end
+
+local function run_job(job)
+  local co = take_runner()
+  after_resume(co, resume(co, unpack(job, 1, job.n)))
+end
+
+local draining = false
+
+local function drain()
+  if draining then return end
+  draining = true
+  while rq_head <= rq_tail and not exiting do
+    local x = rq[rq_head]
+    rq[rq_head] = nil
+    rq_head = rq_head + 1
+    if getmetatable(x) == Task then resume_task(x) else run_job(x) end
+  end
+  if rq_head > rq_tail then rq_head, rq_tail = 1, 0 end
+  draining = false
+end
+
+-- entry points from the loop -------------------------------------------------------
+
+-- fn(...) in a runner: a timer, immediate or close callback
+local function run_task(fn, ...)
+  local co = take_runner()
+  after_resume(co, resume(co, fn, ...))
+  drain()
+end
+
+-- fn(...) in the main state: the scheduler's own callbacks, which never wait
+local function run_direct(fn, ...)
+  local ok, e = pcall(fn, ...)
+  if not ok then stderr:write("tide: internal error: ", tostring(e), "\n") end
+  drain()
+end
+
+local function spawn(fn, ...)
+  local n = select("#", ...)
+  last_id = last_id + 1
+  local t = setmetatable({fn = fn, status = "ready", wseq = 0, id = last_id},
+                         Task)
+  if n > 0 then t.args = {n = n, ...} end
+  ntasks = ntasks + 1
+  push_ready(t)
+  return t
+end
+
+-- start(fn, main): a chunk loaded by tide_run_file and friends
+local function start(fn, main)
+  local t = spawn(fn)
+  t.main = main or nil
+  drain()
+end
+
+C.set_runners(run_task, run_direct, start)
+
+-- the core API ------------------------------------------------------------------
+
+function tide.spawn(fn, ...)
+  check_function(fn, 1, "spawn")
+  return spawn(fn, ...)
+end
+
+function tide.next(fn, ...)
+  check_function(fn, 1, "next")
+  push_ready({n = select("#", ...) + 1, fn, ...})
+end
+
+function tide.current()
+  local co = running()
+  if not co then return nil end
+  return co_task[co] or (is_runner[co] and adopt(co)) or nil
+end
+
+function tide.sleep(s)
+  s = check_seconds(s, 1, "sleep")
+  local t = current_task("sleep")
+  wait_begin(t)
+  task_timer(t):again(s)
+  wait_end(t)
+end
+
+function tide.yield()
+  local t = current_task("yield")
+  wait_begin(t)
+  t.status = "waiting"
+  wake(t)
+  local a = yield(PARK)
+  if a == CANCEL then raise_cancel(t) end
+end
+
+local cancel
+
+local function timeout_fire(scope)
+  if scope.active then cancel(scope.task, nil, scope.token) end
+end
+
+local function timeout_result(scope, ok, ...)
+  scope.active = false
+  scope.timer:stop()
+  local t = scope.task
+  local pending = t.cancel_err
+  if pending and pending.token == scope.token then t.cancel_err = nil end
+  if ok then return true, ... end
+  local e = ...
+  if getmetatable(e) == Cancelled and e.token == scope.token then
+    return nil, "timed out", "ETIMEDOUT"
+  end
+  error(e, 0)
+end
+
+function tide.timeout(s, fn, ...)
+  s = check_seconds(s, 1, "timeout")
+  check_function(fn, 2, "timeout")
+  local t = current_task("timeout")
+  local scope = {task = t, token = {}, active = true}
+  scope.timer = C.timer(timeout_fire, scope)
+  scope.timer:again(s)
+  return timeout_result(scope, pcall(fn, ...))
+end
+
+function tide.on_error(fn)
+  if fn ~= nil then check_function(fn, 1, "on_error") end
+  error_handler = fn
+end
+
+function tide.exit(code)
+  local tc = type(code)
+  if code ~= nil and tc ~= "number" and tc ~= "boolean" then
+    argerror(1, "exit", "number or boolean expected, got " .. tc)
+  end
+  C.exit(code)
+  exiting = true
+  local co = running()
+  if co and is_runner[co] then
+    -- park for good: the loop stops after this callback
+    local t = co_task[co] or adopt(co)
+    t.status = "waiting"
+    t.wseq = t.wseq + 1
+    yield(PARK)
+  end
+end
+
+function tide.stats()
+  local s = C.stats()
+  s.tasks = ntasks
+  return s
+end
+
+local function on_readable(t)
+  if t.status == "waiting" then wake(t, true) end
+end
+
+-- Waits until descriptor fd is readable (used by the REPL).
+function tide._wait_readable(fd)
+  local t = current_task("_wait_readable")
+  wait_begin(t)
+  C.when_readable(fd, on_readable, t)
+  return wait_end(t)
+end
+
+tide.version = C.version
+tide.now, tide.time, tide.hrtime = C.now, C.time, C.hrtime
+tide.after, tide.every, tide.immediate = C.after, C.every, C.immediate
+tide.phase = C.phase
+
+-- task methods ------------------------------------------------------------------------
+
+local function check_task(t, fname)
+  if getmetatable(t) ~= Task then
+    error(("bad argument #1 to '%s' (task expected, got %s)"):format(
+      fname, type(t)), 3)
+  end
+end
+
+local finished = {done = true, failed = true, cancelled = true}
+
+local function task_results(t)
+  if t.status == "done" then
+    local r = t.results
+    if r then return true, unpack(r, 1, r.n) end
+    return true
+  elseif t.status == "cancelled" then
+    return nil, tostring(t.err), "ECANCELED"
+  end
+  return nil, t.err
+end
+
+function Task:join(timeout)
+  check_task(self, "join")
+  timeout = check_seconds(timeout, 2, "join", true)
+  if not finished[self.status] then
+    local me = current_task("join")
+    if me == self then error("a task cannot join itself", 2) end
+    local s = wait_begin(me)
+    local j = self.joiners
+    if not j then j = {}; self.joiners = j end
+    j[#j + 1] = me
+    j[#j + 1] = s
+    local ok, msg, code = wait_end(me, timeout)
+    if not ok then return nil, msg, code end
+  end
+  return task_results(self)
+end
+
+function cancel(t, reason, token)
+  local st = t.status
+  if finished[st] then return false end
+  local e = setmetatable({task = t, reason = reason, token = token}, Cancelled)
+  if st == "waiting" then
+    t.cancel_err = e
+    wake(t, CANCEL)
+  elseif st == "ready" and not t.co then
+    -- never started: it ends now, without running
+    ntasks = ntasks - 1
+    t.fn, t.args = nil, nil
+    t.status, t.err = "cancelled", e
+    local j = t.joiners
+    t.joiners = nil
+    if j then
+      for i = 1, #j, 2 do
+        if is_live(j[i], j[i + 1]) then wake(j[i], true) end
+      end
+    end
+  else
+    t.cancel_err = e -- raised at its next wait
+  end
+  return true
+end
+
+function Task:cancel(reason)
+  check_task(self, "cancel")
+  return cancel(self, reason)
+end
+
+function Task:status()
+  check_task(self, "status")
+  return self.status
+end
+
+function Task:__tostring()
+  return ("tide.task %d (%s)"):format(self.id, self.status)
+end
+
+Cancelled.__index = Cancelled
+function Cancelled:__tostring()
+  if self.token then return "timed out" end
+  if self.reason ~= nil then return "cancelled: " .. tostring(self.reason) end
+  return "cancelled"
+end
+
+-- channels ----------------------------------------------------------------------------
+-- Wait queues hold (task, wait sequence) pairs; an entry whose wait ended
+-- (timed out, cancelled) is stale and skipped.
+
+local function q_push(q, t, s)
+  local n = q.t + 2
+  q[n - 1], q[n], q.t = t, s, n
+end
+
+local function q_pop(q) -- the first live waiter, or nil
+  local h = q.h
+  while h < q.t do
+    local t, s = q[h], q[h + 1]
+    q[h], q[h + 1] = nil, nil
+    h = h + 2
+    if is_live(t, s) then
+      if h > q.t then q.h, q.t = 1, 0 else q.h = h end
+      return t, s
+    end
+  end
+  q.h, q.t = 1, 0
+  return nil
+end
+
+local function new_queue() return {h = 1, t = 0} end
+
+local Channel = {}
+Channel.__index = Channel
+
+function tide.channel(capacity)
+  if capacity == nil then capacity = 0 end
+  if type(capacity) ~= "number" or capacity < 0 or capacity % 1 ~= 0 then
+    argerror(1, "channel", "capacity must be a non-negative integer")
+  end
+  return setmetatable({cap = capacity, n = 0, bh = 1, buf = {},
+                       recvq = new_queue(), sendq = new_queue(),
+                       closed = false}, Channel)
+end
+
+local function check_channel(ch, fname)
+  if getmetatable(ch) ~= Channel then
+    error(("bad argument #1 to '%s' (channel expected, got %s)"):format(
+      fname, type(ch)), 3)
+  end
+end
+
+function Channel:send(v, timeout)
+  check_channel(self, "send")
+  if v == nil then argerror(2, "send", "value expected, got nil") end
+  timeout = check_seconds(timeout, 3, "send", true)
+  if self.closed then error("send on a closed channel", 2) end
+  local r = q_pop(self.recvq)
+  if r then wake(r, v); return true end
+  if self.n < self.cap then
+    self.buf[self.bh + self.n] = v
+    self.n = self.n + 1
+    return true
+  end
+  local t = current_task("send")
+  local s = wait_begin(t)
+  q_push(self.sendq, t, s)
+  t.sending = v
+  local ok, msg, code = wait_end(t, timeout)
+  t.sending = nil
+  if ok then return true end
+  return nil, msg, code
+end
+
+function Channel:recv(timeout)
+  check_channel(self, "recv")
+  timeout = check_seconds(timeout, 2, "recv", true)
+  if self.n > 0 then
+    local bh = self.bh
+    local v = self.buf[bh]
+    self.buf[bh] = nil
+    self.bh, self.n = bh + 1, self.n - 1
+    local st = q_pop(self.sendq) -- a waiting sender takes the freed slot
+    if st then
+      self.buf[self.bh + self.n] = st.sending
+      self.n = self.n + 1
+      wake(st, true)
+    elseif self.n == 0 then
+      self.bh = 1
+    end
+    return v
+  end
+  local st = q_pop(self.sendq) -- rendezvous
+  if st then
+    local v = st.sending
+    wake(st, true)
+    return v
+  end
+  if self.closed then return nil, "closed", "EPIPE" end
+  local t = current_task("recv")
+  local s = wait_begin(t)
+  q_push(self.recvq, t, s)
+  return wait_end(t, timeout)
+end
+
+function Channel:close()
+  check_channel(self, "close")
+  if self.closed then return end
+  self.closed = true
+  while true do
+    local t = q_pop(self.recvq)
+    if not t then break end
+    wake(t, nil, "closed", "EPIPE")
+  end
+  while true do
+    local t = q_pop(self.sendq)
+    if not t then break end
+    wake(t, nil, "closed", "EPIPE")
+  end
+end
+
+function Channel:__len() return self.n end
+
+-- semaphores ------------------------------------------------------------------------
+
+local Semaphore = {}
+Semaphore.__index = Semaphore
+
+function tide.semaphore(n)
+  if type(n) ~= "number" or n < 0 or n % 1 ~= 0 then
+    argerror(1, "semaphore", "count must be a non-negative integer")
+  end
+  return setmetatable({count = n, q = new_queue()}, Semaphore)
+end
+
+local function check_sem(s, fname)
+  if getmetatable(s) ~= Semaphore then
+    error(("bad argument #1 to '%s' (semaphore expected, got %s)"):format(
+      fname, type(s)), 3)
+  end
+end
+
+function Semaphore:acquire(timeout)
+  check_sem(self, "acquire")
+  timeout = check_seconds(timeout, 2, "acquire", true)
+  if self.count > 0 then
+    self.count = self.count - 1
+    return true
+  end
+  local t = current_task("acquire")
+  q_push(self.q, t, wait_begin(t))
+  return wait_end(t, timeout)
+end
+
+function Semaphore:release()
+  check_sem(self, "release")
+  local t = q_pop(self.q)
+  if t then wake(t, true) -- the permit passes straight to the waiter
+  else self.count = self.count + 1 end
+end
+
+-- conditions ------------------------------------------------------------------------
+
+local Cond = {}
+Cond.__index = Cond
+
+function tide.cond()
+  return setmetatable({q = new_queue()}, Cond)
+end
+
+local function check_cond(c, fname)
+  if getmetatable(c) ~= Cond then
+    error(("bad argument #1 to '%s' (condition expected, got %s)"):format(
+      fname, type(c)), 3)
+  end
+end
+
+function Cond:wait(timeout)
+  check_cond(self, "wait")
+  timeout = check_seconds(timeout, 2, "wait", true)
+  local t = current_task("wait")
+  q_push(self.q, t, wait_begin(t))
+  return wait_end(t, timeout)
+end
+
+function Cond:signal()
+  check_cond(self, "signal")
+  local t = q_pop(self.q)
+  if t then wake(t, true); return true end
+  return false
+end
+
+function Cond:broadcast()
+  check_cond(self, "broadcast")
+  local n = 0
+  while true do
+    local t = q_pop(self.q)
+    if not t then return n end
+    wake(t, true)
+    n = n + 1
+  end
+end
+
+return tide
+end
