@@ -60,15 +60,27 @@ static int push_callback(lua_State *L, int nargs) {
   return nargs + 1;
 }
 
-static void anchor(lua_State *L, int idx, int *ref) {
+static void anchor(tide_host *h, lua_State *L, int idx, int *ref) {
   if (*ref != LUA_NOREF) return;
-  lua_pushvalue(L, idx);
-  *ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  *ref = tide__anchor(h, L, idx);
 }
 
-static void unanchor(lua_State *L, int *ref) {
-  luaL_unref(L, LUA_REGISTRYINDEX, *ref);
+static void unanchor(tide_host *h, lua_State *L, int *ref) {
+  tide__unanchor(h, L, *ref);
   *ref = LUA_NOREF;
+}
+
+/* The userdata at idx if it has the metatable in upvalue 2, else raises
+ * (cheaper than luaL_checkudata's lookup by name). */
+static void *check_ud(lua_State *L, int idx, const char *what) {
+  void *p = lua_touserdata(L, idx);
+  if (p && lua_getmetatable(L, idx)) {
+    int same = lua_rawequal(L, -1, lua_upvalueindex(2));
+    lua_pop(L, 1);
+    if (same) return p;
+  }
+  luaL_typerror(L, idx, what);
+  return NULL;
 }
 
 /* --- timers ---------------------------------------------------------------- */
@@ -86,7 +98,7 @@ typedef struct ltimer {
 static void ltimer_fire(tide_host *h, tide__ctimer *ct);
 
 static ltimer *check_timer(lua_State *L) {
-  ltimer *t = luaL_checkudata(L, 1, TIMER_MT);
+  ltimer *t = check_ud(L, 1, TIMER_MT);
   if (t->closed) luaL_error(L, "attempt to use a closed timer");
   return t;
 }
@@ -95,7 +107,7 @@ static void ltimer_disarm(lua_State *L, ltimer *t) {
   if (!tide__timer_active(&t->ct.t)) return;
   tide__timer_stop(&t->h->timers, &t->ct.t);
   if (t->ref) t->h->refs--;
-  unanchor(L, &t->anchor);
+  unanchor(t->h, L, &t->anchor);
 }
 
 /* Arms the timer at index idx to fire after t->delay. */
@@ -105,13 +117,13 @@ static void ltimer_arm(lua_State *L, int idx, ltimer *t) {
   if (tide__timer_start(&h->timers, &t->ct.t, h->now, t->delay) != 0) {
     if (was) { /* a failed restart leaves the timer disarmed */
       if (t->ref) h->refs--;
-      unanchor(L, &t->anchor);
+      unanchor(h, L, &t->anchor);
     }
     luaL_error(L, "not enough memory");
   }
   if (!was) {
     if (t->ref) h->refs++;
-    anchor(L, idx, &t->anchor);
+    anchor(h, L, idx, &t->anchor);
   }
 }
 
@@ -164,7 +176,7 @@ static int l_wait_timer(lua_State *L) {
 static void ltimer_fire(tide_host *h, tide__ctimer *ct) {
   ltimer *t = (ltimer *)ct;
   lua_State *L = h->L;
-  lua_rawgeti(L, LUA_REGISTRYINDEX, t->anchor);
+  tide__push_anchor(h, L, t->anchor);
   if (t->repeat) {
     /* No drift: the next deadline is the previous one plus the interval,
      * skipping beats that are already past. */
@@ -172,18 +184,18 @@ static void ltimer_fire(tide_host *h, tide__ctimer *ct) {
     if (next <= h->now) next += ((h->now - next) / t->delay + 1) * t->delay;
     if (tide__timer_start_at(&h->timers, &ct->t, next, t->delay) != 0) {
       if (t->ref) h->refs--;
-      unanchor(L, &t->anchor);
+      unanchor(h, L, &t->anchor);
     }
   } else {
     if (t->ref) h->refs--;
-    unanchor(L, &t->anchor);
+    unanchor(h, L, &t->anchor);
   }
   tide__call(h, t->direct ? h->ref_run_direct : h->ref_run_task,
              push_callback(L, t->nargs));
 }
 
 static int l_timer_stop(lua_State *L) {
-  ltimer *t = luaL_checkudata(L, 1, TIMER_MT);
+  ltimer *t = check_ud(L, 1, TIMER_MT);
   ltimer_disarm(L, t);
   return 0;
 }
@@ -202,7 +214,7 @@ static int l_timer_again(lua_State *L) {
 }
 
 static int l_timer_active(lua_State *L) {
-  ltimer *t = luaL_checkudata(L, 1, TIMER_MT);
+  ltimer *t = check_ud(L, 1, TIMER_MT);
   lua_pushboolean(L, tide__timer_active(&t->ct.t));
   return 1;
 }
@@ -226,8 +238,8 @@ static int l_timer_unref(lua_State *L) {
 static void ltimer_closed(tide_host *h, tide__deferred *d) {
   ltimer *t = (ltimer *)((char *)d - offsetof(ltimer, closing));
   lua_State *L = h->L;
-  lua_rawgeti(L, LUA_REGISTRYINDEX, t->anchor);
-  unanchor(L, &t->anchor);
+  tide__push_anchor(h, L, t->anchor);
+  unanchor(h, L, &t->anchor);
   lua_getfenv(L, -1);
   lua_getfield(L, -1, "close");
   lua_replace(L, -3);
@@ -237,7 +249,7 @@ static void ltimer_closed(tide_host *h, tide__deferred *d) {
 
 /* timer:close([fn]): stop for good; fn runs in the close phase. */
 static int l_timer_close(lua_State *L) {
-  ltimer *t = luaL_checkudata(L, 1, TIMER_MT);
+  ltimer *t = check_ud(L, 1, TIMER_MT);
   if (t->closed) return 0;
   ltimer_disarm(L, t);
   t->closed = 1;
@@ -246,14 +258,14 @@ static int l_timer_close(lua_State *L) {
     lua_getfenv(L, 1);
     lua_pushvalue(L, 2);
     lua_setfield(L, -2, "close");
-    anchor(L, 1, &t->anchor);
+    anchor(t->h, L, 1, &t->anchor);
     tide__close_later(t->h, &t->closing, ltimer_closed);
   }
   return 0;
 }
 
 static int l_timer_tostring(lua_State *L) {
-  ltimer *t = luaL_checkudata(L, 1, TIMER_MT);
+  ltimer *t = check_ud(L, 1, TIMER_MT);
   lua_pushfstring(L, "tide.timer (%s): %p",
                   t->closed ? "closed"
                   : tide__timer_active(&t->ct.t) ? "active" : "idle",
@@ -279,8 +291,8 @@ typedef struct limm {
 static void limm_run(tide_host *h, tide__imm *im) {
   limm *m = (limm *)im;
   lua_State *L = h->L;
-  lua_rawgeti(L, LUA_REGISTRYINDEX, m->anchor);
-  unanchor(L, &m->anchor);
+  tide__push_anchor(h, L, m->anchor);
+  unanchor(h, L, &m->anchor);
   tide__call(h, h->ref_run_task, push_callback(L, m->nargs));
 }
 
@@ -299,22 +311,22 @@ static int l_immediate(lua_State *L) {
   lua_setmetatable(L, -2);
   store_callback(L, -1, 1, nargs);
   m->anchor = LUA_NOREF;
-  anchor(L, -1, &m->anchor);
+  anchor(h, L, -1, &m->anchor);
   tide__imm_push(h, &m->im);
   return 1;
 }
 
 static int l_imm_stop(lua_State *L) {
-  limm *m = luaL_checkudata(L, 1, IMM_MT);
+  limm *m = check_ud(L, 1, IMM_MT);
   if (m->im.queued) {
     tide__imm_remove(m->h, &m->im);
-    unanchor(L, &m->anchor);
+    unanchor(m->h, L, &m->anchor);
   }
   return 0;
 }
 
 static int l_imm_ref(lua_State *L) {
-  limm *m = luaL_checkudata(L, 1, IMM_MT);
+  limm *m = check_ud(L, 1, IMM_MT);
   int want = lua_isnoneornil(L, 2) ? 1 : lua_toboolean(L, 2);
   if (want != m->im.ref && m->im.queued) m->h->refs += want ? 1 : -1;
   m->im.ref = want;
@@ -329,7 +341,7 @@ static int l_imm_unref(lua_State *L) {
 }
 
 static int l_imm_active(lua_State *L) {
-  limm *m = luaL_checkudata(L, 1, IMM_MT);
+  limm *m = check_ud(L, 1, IMM_MT);
   lua_pushboolean(L, m->im.queued);
   return 1;
 }
@@ -485,25 +497,32 @@ static void set_funcs(lua_State *L, tide_host *h, int mt, const luaL_Reg *r) {
   }
 }
 
-static int new_metatable(lua_State *L, const char *name, const luaL_Reg *m,
-                         lua_CFunction tostring) {
+/* A metatable whose methods (and __tostring) are closures over (host, mt),
+ * so that check_ud can compare metatables directly. */
+static int new_metatable(lua_State *L, tide_host *h, const char *name,
+                         const luaL_Reg *m, lua_CFunction tostring) {
+  int mt;
   luaL_newmetatable(L, name);
+  mt = lua_gettop(L);
   lua_newtable(L);
-  luaL_register(L, NULL, m);
-  lua_setfield(L, -2, "__index");
+  set_funcs(L, h, mt, m);
+  lua_setfield(L, mt, "__index");
   if (tostring) {
-    lua_pushcfunction(L, tostring);
-    lua_setfield(L, -2, "__tostring");
+    lua_pushlightuserdata(L, h);
+    lua_pushvalue(L, mt);
+    lua_pushcclosure(L, tostring, 2);
+    lua_setfield(L, mt, "__tostring");
   }
   lua_pushliteral(L, "locked");
-  lua_setfield(L, -2, "__metatable");
-  return lua_gettop(L);
+  lua_setfield(L, mt, "__metatable");
+  return mt;
 }
 
 int tide__open_core(lua_State *L) {
   tide_host *h = tide_from_lua(L);
-  int timer_mt = new_metatable(L, TIMER_MT, timer_methods, l_timer_tostring);
-  int imm_mt = new_metatable(L, IMM_MT, imm_methods, NULL);
+  int timer_mt =
+      new_metatable(L, h, TIMER_MT, timer_methods, l_timer_tostring);
+  int imm_mt = new_metatable(L, h, IMM_MT, imm_methods, NULL);
   static const luaL_Reg timer_fns[] = {
       {"after", l_after}, {"every", l_every}, {"timer", l_wait_timer},
       {NULL, NULL}};

@@ -60,6 +60,49 @@ void tide__call(tide_host *h, int fn_ref, int nargs) {
   }
 }
 
+int tide__anchor(tide_host *h, lua_State *L, int idx) {
+  int slot;
+  if (idx < 0) idx = lua_gettop(L) + idx + 1;
+  if (h->nfree > 0) {
+    slot = h->free_slots[--h->nfree];
+  } else {
+    slot = ++h->next_slot;
+  }
+  lua_rawgeti(L, LUA_REGISTRYINDEX, h->ref_anchors);
+  lua_pushvalue(L, idx);
+  lua_rawseti(L, -2, slot);
+  lua_pop(L, 1);
+  return slot;
+}
+
+void tide__unanchor(tide_host *h, lua_State *L, int slot) {
+  if (slot <= 0) return;
+  if (h->nfree == h->cap_free) {
+    int cap = h->cap_free ? h->cap_free * 2 : 64;
+    int *p = realloc(h->free_slots, (size_t)cap * sizeof *p);
+    if (!p) { /* keep the slot out of use: a tiny leak, not a crash */
+      lua_rawgeti(L, LUA_REGISTRYINDEX, h->ref_anchors);
+      lua_pushboolean(L, 0);
+      lua_rawseti(L, -2, slot);
+      lua_pop(L, 1);
+      return;
+    }
+    h->free_slots = p;
+    h->cap_free = cap;
+  }
+  lua_rawgeti(L, LUA_REGISTRYINDEX, h->ref_anchors);
+  lua_pushboolean(L, 0); /* not nil: keeps the table's array part dense */
+  lua_rawseti(L, -2, slot);
+  lua_pop(L, 1);
+  h->free_slots[h->nfree++] = slot;
+}
+
+void tide__push_anchor(tide_host *h, lua_State *L, int slot) {
+  lua_rawgeti(L, LUA_REGISTRYINDEX, h->ref_anchors);
+  lua_rawgeti(L, -1, slot);
+  lua_remove(L, -2);
+}
+
 /* package.preload loader for the Lua files embedded in the binary */
 static int load_embedded(lua_State *L) {
   const tide__lua_module *m = lua_touserdata(L, lua_upvalueindex(1));
@@ -103,6 +146,8 @@ static int open_host(lua_State *L) {
   lua_pushlightuserdata(L, h);
   lua_rawset(L, LUA_REGISTRYINDEX);
   set_paths(L, h->opts.script_dir);
+  lua_newtable(L);
+  h->ref_anchors = luaL_ref(L, LUA_REGISTRYINDEX);
 
   lua_getglobal(L, "package");
   lua_getfield(L, -1, "preload");
@@ -223,5 +268,6 @@ void tide_host_free(tide_host *h) {
   tide__timers_free(&h->timers);
   if (h->poll_timer) event_free(h->poll_timer);
   if (h->base) event_base_free(h->base);
+  free(h->free_slots);
   free(h);
 }

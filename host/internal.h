@@ -81,6 +81,9 @@ struct tide_host {
   int ref_run_task;   /* run_task(fn, ...): fn in a pooled coroutine */
   int ref_run_direct; /* run_direct(fn, ...): fn in the main state */
   int ref_start;      /* start(fn, main): fn as a new task, run at once */
+  int ref_anchors;    /* the anchors table (see tide__anchor) */
+  int *free_slots;    /* free slots of the anchors table */
+  int nfree, cap_free, next_slot;
 
   /* tide.stats() */
   uint64_t iterations;
@@ -110,6 +113,13 @@ int tide__loop_alive(const tide_host *h);
  * (the function to run first). Errors are reported, never raised. */
 void tide__call(tide_host *h, int fn_ref, int nargs);
 void tide__exit(tide_host *h, int code);
+
+/* host.c: anchors keep a Lua value alive while C holds on to it (an armed
+ * timer, a queued immediate, a pending operation): a slot in one table,
+ * with the free slots kept in C. */
+int tide__anchor(tide_host *h, lua_State *L, int idx);
+void tide__unanchor(tide_host *h, lua_State *L, int slot);
+void tide__push_anchor(tide_host *h, lua_State *L, int slot);
 
 /* core.c: the C half of `require "tide"` */
 int tide__open_core(lua_State *L);

@@ -1,0 +1,18 @@
+-- bench/timers.lua N: N one-shot 1 ms timers (tide.after), all created up
+-- front; prints `RESULT ms=X` when the last one fires. X is wall time from the
+-- first tide.after call, read with tide.hrtime() (not the cached loop clock).
+-- Tide's port of /work/shared/bench/luv/timers.lua and node/timers.js.
+local N = tonumber(arg and arg[1]) or 1000000
+local after, hrtime = tide.after, tide.hrtime
+local fired = 0
+local t0
+
+local function cb()
+  fired = fired + 1
+  if fired == N then
+    print(("RESULT ms=%.1f"):format((hrtime() - t0) * 1e3))
+  end
+end
+
+t0 = hrtime()
+for _ = 1, N do after(0.001, cb) end
