@@ -227,6 +227,7 @@ void tide_register_module(tide_host *h, const char *name, lua_CFunction open) {
 
 int tide_start(tide_host *h, int main) {
   lua_State *L = h->L;
+  if (!h->running) h->now = tide__hrtime(); /* the clock of this run */
   lua_rawgeti(L, LUA_REGISTRYINDEX, h->ref_start);
   lua_insert(L, -2);
   lua_pushboolean(L, main);
@@ -257,7 +258,7 @@ void tide_host_free(tide_host *h) {
      * close callbacks run before the state goes. */
     int exiting = h->exiting;
     h->exiting = 0;
-    tide__timers_free(&h->timers); /* timers live in userdata: disarm now */
+    tide__timers_free(&h->timers); /* disarm before the slots go */
     tide__timers_init(&h->timers);
     lua_gc(h->L, LUA_GCCOLLECT, 0);
     while (h->closing.head || h->pending.head)
@@ -266,6 +267,7 @@ void tide_host_free(tide_host *h) {
     lua_close(h->L);
   }
   tide__timers_free(&h->timers);
+  tide__lt_free_all(h);
   if (h->poll_timer) event_free(h->poll_timer);
   if (h->base) event_base_free(h->base);
   free(h->free_slots);

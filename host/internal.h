@@ -72,6 +72,15 @@ struct tide_host {
 
   int refs; /* referenced, active handles: the loop is alive while > 0 */
 
+  /* ltimer.c: Lua's timer slots, and its nodes in the check and close
+   * queues */
+  void **lt_chunks;
+  int32_t lt_nchunks, lt_capchunks, lt_free;
+  uint64_t timer_limit; /* the timers phase runs timers with seq below */
+  uint64_t timer_fired; /* timers run in this timers phase */
+  tide__imm lua_imm;
+  tide__deferred lua_close;
+
   tide__imm *imm_head, *imm_tail;
   size_t imm_count;
   uint64_t imm_seq;
@@ -81,6 +90,9 @@ struct tide_host {
   int ref_run_task;   /* run_task(fn, ...): fn in a pooled coroutine */
   int ref_run_direct; /* run_direct(fn, ...): fn in the main state */
   int ref_start;      /* start(fn, main): fn as a new task, run at once */
+  int ref_run_timers;     /* run_timers(): a run of due Lua timers */
+  int ref_run_immediates; /* run_immediates(): Lua's check-phase queue */
+  int ref_run_closing;    /* run_closing(): Lua's close callbacks */
   int ref_anchors;    /* the anchors table (see tide__anchor) */
   int *free_slots;    /* free slots of the anchors table */
   int nfree, cap_free, next_slot;
@@ -91,6 +103,7 @@ struct tide_host {
   int64_t phase_ns[TIDE_PHASE_COUNT_LOOP];
   int64_t idle_ns;   /* time spent waiting in poll */
   int64_t poll_woke; /* when poll's first callback ran, or 0 */
+  int64_t poll_end;  /* when poll returned, or 0 when it was skipped */
   int64_t lag_ns;  /* how late the last timer that fired was */
   int64_t lag_max_ns;
   int threads;     /* configured pool size (the pool is not started yet) */
@@ -120,6 +133,18 @@ void tide__exit(tide_host *h, int code);
 int tide__anchor(tide_host *h, lua_State *L, int idx);
 void tide__unanchor(tide_host *h, lua_State *L, int slot);
 void tide__push_anchor(tide_host *h, lua_State *L, int slot);
+
+/* ltimer.c (also called from Lua through the FFI) */
+int32_t tide__lt_start(tide_host *h, int32_t id, double delay, int32_t repeat,
+                       int32_t ref);
+void tide__lt_stop(tide_host *h, int32_t id);
+void tide__lt_ref(tide_host *h, int32_t id, int32_t ref);
+int32_t tide__lt_pop(tide_host *h);
+int32_t tide__lt_active(tide_host *h, int32_t id);
+double tide__lt_now(tide_host *h);
+void tide__lt_free_all(tide_host *h);
+void tide__lua_imm_set(tide_host *h, int32_t queued, int32_t refd);
+void tide__lua_close_arm(tide_host *h);
 
 /* core.c: the C half of `require "tide"` */
 int tide__open_core(lua_State *L);

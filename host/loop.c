@@ -112,22 +112,31 @@ static void phase_end(tide_host *h, int phase, uint64_t calls, int64_t t0) {
 
 /* 1. Timers due at the cached clock, in (deadline, start order). The seq
  * limit keeps out timers started while the phase runs, even with a zero
- * delay, so a timer that restarts itself cannot starve the loop. */
+ * delay, so a timer that restarts itself cannot starve the loop. A run of
+ * Lua's timers goes to Lua in one call (see ltimer.c). */
 static void run_timers(tide_host *h) {
-  uint64_t limit = h->timers.next_seq, n = 0;
   tide__timer *t;
   h->phase = TIDE_PHASE_TIMERS;
-  while (!HALTED(h) &&
-         (t = tide__timers_pop_due(&h->timers, h->now, limit)) != NULL) {
+  h->timer_limit = h->timers.next_seq;
+  h->timer_fired = 0;
+  while (!HALTED(h) && (t = tide__timers_peek(&h->timers)) != NULL &&
+         t->deadline <= h->now && t->seq < h->timer_limit) {
     tide__ctimer *ct = (tide__ctimer *)t;
-    if (n == 0) {
+    if (!ct->cb) {
+      uint64_t before = h->timer_fired;
+      tide__call(h, h->ref_run_timers, 0);
+      if (h->timer_fired == before) break; /* Lua could not run them */
+      continue;
+    }
+    tide__timers_pop_due(&h->timers, h->now, h->timer_limit);
+    if (!h->timer_fired++) {
       h->lag_ns = h->now - t->deadline;
       if (h->lag_ns > h->lag_max_ns) h->lag_max_ns = h->lag_ns;
     }
+    h->phase_calls[TIDE_PHASE_TIMERS]++;
     ct->cb(h, ct);
-    n++;
   }
-  phase_end(h, TIDE_PHASE_TIMERS, n, h->now);
+  if (h->timer_fired) h->phase_ns[TIDE_PHASE_TIMERS] += tide__hrtime() - h->now;
 }
 
 /* 2. Callbacks deferred from the previous iteration. */
@@ -158,6 +167,7 @@ static void run_poll(tide_host *h, tide_run_mode mode) {
   int64_t timeout = poll_timeout(h, mode), t0, t1;
   uint64_t calls0 = h->phase_calls[TIDE_PHASE_POLL];
   h->phase = TIDE_PHASE_POLL;
+  h->poll_end = 0;
   if (timeout == 0 &&
       event_base_get_num_events(h->base, EVENT_BASE_COUNT_ADDED) == 0)
     return;
@@ -176,7 +186,7 @@ static void run_poll(tide_host *h, tide_run_mode mode) {
     event_base_loop(h->base, EVLOOP_ONCE);
     if (timeout > 0) evtimer_del(h->poll_timer);
   }
-  t1 = tide__hrtime();
+  h->poll_end = t1 = tide__hrtime();
   /* Idle time ends at the first callback (tide__call marks it). */
   h->idle_ns += (h->poll_woke ? h->poll_woke : t1) - t0;
   if (h->phase_calls[TIDE_PHASE_POLL] != calls0)
@@ -186,7 +196,7 @@ static void run_poll(tide_host *h, tide_run_mode mode) {
 /* 4. Immediates queued before the phase started, FIFO. */
 static void run_check(tide_host *h) {
   uint64_t limit = h->imm_seq, n = 0;
-  int64_t t0 = h->imm_head ? tide__hrtime() : 0;
+  int64_t t0 = h->imm_head ? (h->poll_end ? h->poll_end : h->now) : 0;
   h->phase = TIDE_PHASE_CHECK;
   while (!HALTED(h) && h->imm_head && h->imm_head->seq < limit) {
     tide__imm *im = h->imm_head;

@@ -25,9 +25,22 @@ local select, type, error, pcall, xpcall, tostring, getmetatable, setmetatable =
 local unpack, traceback, huge = unpack, debug.traceback, math.huge
 local stderr = io.stderr
 
+-- ltimer.c through the FFI: plain numbers in and out, no lua_State
+local ffi = require "ffi"
+local H = ffi.cast("void *", C.host) -- a cdata pointer: the JIT can pass it
+local function cfn(name, sig) return ffi.cast(sig, C.ffi[name]) end
+local lt_start = cfn("lt_start", "int32_t (*)(void *, int32_t, double, int32_t, int32_t)")
+local lt_stop = cfn("lt_stop", "void (*)(void *, int32_t)")
+local lt_ref = cfn("lt_ref", "void (*)(void *, int32_t, int32_t)")
+local lt_pop = cfn("lt_pop", "int32_t (*)(void *)")
+local lt_now = cfn("lt_now", "double (*)(void *)")
+local imm_set = cfn("imm_set", "void (*)(void *, int32_t, int32_t)")
+local close_arm = cfn("close_arm", "void (*)(void *)")
+
 local tide = {}
 local PARK = {}   -- yielded by a task that waits
 local DONE = {}   -- yielded by a runner whose job ended
+local DRAIN = {}  -- yielded by a batch between callbacks: drain, come back
 local CANCEL = {} -- wake value: raise the task's cancellation at its wait
 
 local Task = {}
@@ -168,10 +181,12 @@ local function on_timer(t)
   if t.status == "waiting" then wake(t, nil, "timed out", "ETIMEDOUT") end
 end
 
+local new_timer -- defined with the timers below
+
 local function task_timer(t)
   local tm = t.timer
   if not tm then
-    tm = C.timer(on_timer, t)
+    tm = new_timer(on_timer, t)
     t.timer = tm
   end
   return tm
@@ -278,9 +293,50 @@ local function run_job(job)
   after_resume(co, resume(co, unpack(job, 1, job.n)))
 end
 
+-- A batch runs callbacks from next_job() one after another in one runner,
+-- without a resume per callback. When a callback waits, its runner becomes
+-- its task and the batch goes on in another runner (run_batch); when that
+-- callback ends later, its runner leaves the batch.
+local function call_cb(cb)
+  local n = cb[3]
+  if n == 0 then return cb[1]() end
+  return cb[1](unpack(cb, 4, n + 3))
+end
+
+local function batch(next_job)
+  local co = running()
+  while not exiting do
+    local cb = next_job()
+    if cb == nil then return end
+    local ok, e = xpcall(call_cb, on_fail, cb)
+    if co_task[co] then -- it waited: the batch went on elsewhere
+      finish(co, ok, e)
+      return
+    end
+    if not ok then report(e, nil) end
+    if rq_head <= rq_tail then yield(DRAIN) end
+  end
+end
+
+local drain
+
+local function run_batch(next_job)
+  while not exiting do
+    local co = take_runner()
+    local ok, r = resume(co, batch, next_job)
+    while r == DRAIN do
+      drain()
+      ok, r = resume(co)
+    end
+    after_resume(co, ok, r)
+    if r ~= PARK then break end
+  end
+  drain()
+end
+
 local draining = false
 
-local function drain()
+function drain()
   if draining then return end
   draining = true
   while rq_head <= rq_tail and not exiting do
@@ -327,7 +383,231 @@ local function start(fn, main)
   drain()
 end
 
-C.set_runners(run_task, run_direct, start)
+-- timers ------------------------------------------------------------------------
+-- A timer is {fn, slot, nargs, args...} with the Timer metatable; slot is
+-- its number in ltimer.c while armed, else 0. tslots maps armed slots back.
+
+local Timer = {}
+Timer.__index = Timer
+local tslots = {}
+
+local function next_timer()
+  local id = lt_pop(H)
+  if id == 0 then return nil end
+  if id > 0 then return tslots[id] end
+  id = -id
+  local tm = tslots[id]
+  tslots[id] = nil
+  tm[2] = 0
+  return tm
+end
+
+local function run_timers() run_batch(next_timer) end
+
+local function arm(tm, delay, repeat_)
+  local id = lt_start(H, tm[2], delay, repeat_, tm.noref and 0 or 1)
+  if id < 0 then
+    if tm[2] ~= 0 then tslots[tm[2]] = nil; tm[2] = 0 end
+    error("not enough memory", 3)
+  end
+  tm[2] = id
+  tslots[id] = tm
+end
+
+function new_timer(fn, arg)
+  return setmetatable({fn, 0, 1, arg}, Timer)
+end
+
+local function start_timer(fname, s, fn, repeat_, ...)
+  if type(s) ~= "number" then
+    argerror(1, fname, "number expected, got " .. type(s))
+  end
+  if s ~= s or s == huge or s == -huge then
+    argerror(1, fname, "seconds must be a finite number")
+  end
+  if repeat_ == 1 and s <= 0 then
+    argerror(1, fname, "interval must be positive")
+  end
+  check_function(fn, 2, fname)
+  local n = select("#", ...)
+  local tm
+  if n == 0 then tm = setmetatable({fn, 0, 0}, Timer)
+  else tm = setmetatable({fn, 0, n, ...}, Timer) end
+  tm.delay, tm.every = s, repeat_ == 1 or nil
+  arm(tm, s, repeat_)
+  return tm
+end
+
+function tide.after(s, fn, ...) return start_timer("after", s, fn, 0, ...) end
+function tide.every(s, fn, ...) return start_timer("every", s, fn, 1, ...) end
+
+local function check_timer(tm, fname)
+  if getmetatable(tm) ~= Timer then
+    error(("bad argument #1 to '%s' (timer expected, got %s)"):format(
+      fname, type(tm)), 3)
+  end
+  if tm.closed then error("attempt to use a closed timer", 3) end
+end
+
+function Timer:stop()
+  local id = self[2]
+  if id ~= 0 then
+    lt_stop(H, id)
+    tslots[id] = nil
+    self[2] = 0
+  end
+end
+
+-- again([s]): restart from now, with a new delay (interval) if given
+function Timer:again(s)
+  check_timer(self, "again")
+  local d = self.delay
+  if s ~= nil then
+    d = check_seconds(s, 2, "again")
+    if self.every and d <= 0 then
+      argerror(2, "again", "interval must be positive")
+    end
+    self.delay = d
+  end
+  arm(self, d or 0, self.every and 1 or 0)
+end
+
+function Timer:active() return self[2] ~= 0 end
+
+function Timer:ref()
+  check_timer(self, "ref")
+  self.noref = nil
+  if self[2] ~= 0 then lt_ref(H, self[2], 1) end
+  return self
+end
+
+function Timer:unref()
+  check_timer(self, "unref")
+  self.noref = true
+  if self[2] ~= 0 then lt_ref(H, self[2], 0) end
+  return self
+end
+
+function Timer:__tostring()
+  return ("tide.timer (%s)"):format(self.closed and "closed" or
+    self[2] ~= 0 and "active" or "idle")
+end
+
+-- close callbacks: {fn, 0, 1, handle}, run in the close phase
+local cq, cq_head, cq_tail = {}, 1, 0
+
+local function close_later(fn, handle)
+  cq_tail = cq_tail + 1
+  cq[cq_tail] = {fn, 0, 1, handle}
+  if cq_tail == cq_head then close_arm(H) end
+end
+
+local cq_last = 0
+
+local function next_close()
+  if cq_head > cq_last then return nil end
+  local cb = cq[cq_head]
+  cq[cq_head] = nil
+  cq_head = cq_head + 1
+  return cb
+end
+
+local function run_closing()
+  cq_last = cq_tail
+  run_batch(next_close)
+  if cq_head > cq_tail then cq_head, cq_tail = 1, 0
+  else close_arm(H) end
+end
+
+-- close([fn]): stop for good; fn(timer) runs in the close phase
+function Timer:close(fn)
+  if self.closed then return end
+  if fn ~= nil then check_function(fn, 1, "close") end
+  self:stop()
+  self.closed = true
+  if fn then close_later(fn, self) end
+end
+
+-- immediates ---------------------------------------------------------------------
+-- {fn, queued, nargs, args...}; the check phase runs those queued before it
+-- started, FIFO.
+
+local Immediate = {}
+Immediate.__index = Immediate
+local iq, iq_head, iq_tail = {}, 1, 0
+local iq_live, iq_refd = 0, 0 -- queued and not stopped; of them referenced
+
+local iq_last = 0 -- the last immediate of this check phase
+
+local function next_immediate()
+  while iq_head <= iq_last do
+    local m = iq[iq_head]
+    iq[iq_head] = nil
+    iq_head = iq_head + 1
+    if m[2] then
+      m[2] = false
+      iq_live = iq_live - 1
+      if not m.noref then iq_refd = iq_refd - 1 end
+      return m
+    end
+  end
+  return nil
+end
+
+local function run_immediates()
+  iq_last = iq_tail
+  run_batch(next_immediate)
+  if iq_head > iq_tail then iq_head, iq_tail = 1, 0 end
+  imm_set(H, iq_live, iq_refd)
+end
+
+function tide.immediate(fn, ...)
+  check_function(fn, 1, "immediate")
+  local n = select("#", ...)
+  local m
+  if n == 0 then m = setmetatable({fn, true, 0}, Immediate)
+  else m = setmetatable({fn, true, n, ...}, Immediate) end
+  iq_tail = iq_tail + 1
+  iq[iq_tail] = m
+  iq_live, iq_refd = iq_live + 1, iq_refd + 1
+  if iq_live == 1 then imm_set(H, 1, iq_refd) end
+  return m
+end
+
+local function check_imm(m, fname)
+  if getmetatable(m) ~= Immediate then
+    error(("bad argument #1 to '%s' (immediate expected, got %s)"):format(
+      fname, type(m)), 3)
+  end
+end
+
+function Immediate:stop()
+  check_imm(self, "stop")
+  if self[2] then
+    self[2] = false
+    iq_live = iq_live - 1
+    if not self.noref then iq_refd = iq_refd - 1 end
+    imm_set(H, iq_live, iq_refd)
+  end
+end
+Immediate.close = Immediate.stop
+
+function Immediate:active() return self[2] == true end
+
+local function imm_ref(m, want)
+  if m[2] and (not m.noref) ~= want then
+    iq_refd = iq_refd + (want and 1 or -1)
+    imm_set(H, iq_live, iq_refd)
+  end
+  m.noref = (not want) or nil
+  return m
+end
+
+function Immediate:ref() check_imm(self, "ref"); return imm_ref(self, true) end
+function Immediate:unref() check_imm(self, "unref"); return imm_ref(self, false) end
+
+C.set_runners(run_task, run_direct, start, run_timers, run_immediates,
+              run_closing)
 
 -- the core API ------------------------------------------------------------------
 
@@ -389,7 +669,7 @@ function tide.timeout(s, fn, ...)
   check_function(fn, 2, "timeout")
   local t = current_task("timeout")
   local scope = {task = t, token = {}, active = true}
-  scope.timer = C.timer(timeout_fire, scope)
+  scope.timer = new_timer(timeout_fire, scope)
   scope.timer:again(s)
   return timeout_result(scope, pcall(fn, ...))
 end
@@ -435,8 +715,8 @@ function tide._wait_readable(fd)
 end
 
 tide.version = C.version
-tide.now, tide.time, tide.hrtime = C.now, C.time, C.hrtime
-tide.after, tide.every, tide.immediate = C.after, C.every, C.immediate
+function tide.now() return lt_now(H) end
+tide.time, tide.hrtime = C.time, C.hrtime
 tide.phase = C.phase
 
 -- task methods ------------------------------------------------------------------------
