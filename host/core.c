@@ -133,8 +133,8 @@ static int l_stats(lua_State *L) {
  * callback. The Lua side then parks the calling task for good. */
 static int l_exit(lua_State *L) {
   tide_host *h = HOST(L);
-  int code = (int)luaL_optinteger(L, 1, 0);
-  if (lua_isboolean(L, 1)) code = lua_toboolean(L, 1) ? 0 : 1;
+  int code = lua_isboolean(L, 1) ? !lua_toboolean(L, 1)
+                                  : (int)luaL_optinteger(L, 1, 0);
   tide__exit(h, code);
   return 0;
 }

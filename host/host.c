@@ -254,16 +254,14 @@ int tide_run_string(tide_host *h, const char *code, const char *name) {
 void tide_host_free(tide_host *h) {
   if (!h) return;
   if (h->L) {
-    /* Close every handle (the GC closes what scripts forgot), then let the
-     * close callbacks run before the state goes. */
-    int exiting = h->exiting;
-    h->exiting = 0;
-    tide__timers_free(&h->timers); /* disarm before the slots go */
-    tide__timers_init(&h->timers);
+    /* Nothing fires any more; close callbacks (also those of handles the
+     * GC closes now) run before the state goes. */
+    int exiting = h->exiting, code = h->exit_code;
+    tide__loop_shutdown(h);
     lua_gc(h->L, LUA_GCCOLLECT, 0);
-    while (h->closing.head || h->pending.head)
-      tide_loop_run(h, TIDE_RUN_NOWAIT);
+    tide__loop_shutdown(h);
     h->exiting = exiting;
+    h->exit_code = code;
     lua_close(h->L);
   }
   tide__timers_free(&h->timers);

@@ -120,6 +120,7 @@ void tide__close_later(tide_host *h, tide__deferred *d, tide__deferred_cb cb);
 void tide__imm_push(tide_host *h, tide__imm *im);
 void tide__imm_remove(tide_host *h, tide__imm *im);
 int tide__loop_alive(const tide_host *h);
+void tide__loop_shutdown(tide_host *h);
 
 /* host.c: calls into the Lua scheduler. fn_ref is h->ref_run_task or
  * h->ref_run_direct; the nargs values on top of h->L are the arguments

@@ -142,6 +142,7 @@ static void run_timers(tide_host *h) {
 /* 2. Callbacks deferred from the previous iteration. */
 static void run_pending(tide_host *h) {
   int64_t t0 = h->pending.head ? tide__hrtime() : 0;
+  if (HALTED(h)) return;
   h->phase = TIDE_PHASE_PENDING;
   phase_end(h, TIDE_PHASE_PENDING, dlist_run(h, &h->pending), t0);
 }
@@ -166,6 +167,7 @@ static void poll_timer_cb(evutil_socket_t fd, short what, void *arg) {
 static void run_poll(tide_host *h, tide_run_mode mode) {
   int64_t timeout = poll_timeout(h, mode), t0, t1;
   uint64_t calls0 = h->phase_calls[TIDE_PHASE_POLL];
+  if (HALTED(h)) return;
   h->phase = TIDE_PHASE_POLL;
   h->poll_end = 0;
   if (timeout == 0 &&
@@ -197,6 +199,7 @@ static void run_poll(tide_host *h, tide_run_mode mode) {
 static void run_check(tide_host *h) {
   uint64_t limit = h->imm_seq, n = 0;
   int64_t t0 = h->imm_head ? (h->poll_end ? h->poll_end : h->now) : 0;
+  if (HALTED(h)) return;
   h->phase = TIDE_PHASE_CHECK;
   while (!HALTED(h) && h->imm_head && h->imm_head->seq < limit) {
     tide__imm *im = h->imm_head;
@@ -210,6 +213,7 @@ static void run_check(tide_host *h) {
 /* 5. Close callbacks of handles closed during this iteration. */
 static void run_closing(tide_host *h) {
   int64_t t0 = h->closing.head ? tide__hrtime() : 0;
+  if (HALTED(h)) return;
   h->phase = TIDE_PHASE_CLOSE;
   phase_end(h, TIDE_PHASE_CLOSE, dlist_run(h, &h->closing), t0);
 }
@@ -236,3 +240,17 @@ int tide_loop_run(tide_host *h, tide_run_mode mode) {
 }
 
 void tide_stop(tide_host *h) { h->stop = 1; }
+
+/* For tide_host_free: nothing fires or polls any more; the deferred
+ * callbacks (clean-ups of requests and handles) still run. */
+void tide__loop_shutdown(tide_host *h) {
+  tide__timers_free(&h->timers);
+  tide__timers_init(&h->timers);
+  while (h->imm_head) tide__imm_remove(h, h->imm_head);
+  h->stop = h->exiting = 0;
+  while (h->pending.head || h->closing.head) {
+    run_pending(h);
+    run_closing(h);
+  }
+  h->phase = TIDE_PHASE_MAIN;
+}

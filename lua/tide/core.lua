@@ -150,7 +150,7 @@ end
 
 local function adopt(co)
   last_id = last_id + 1
-  local t = setmetatable({co = co, status = "running", wseq = 0, id = last_id},
+  local t = setmetatable({co = co, state = "running", wseq = 0, id = last_id},
                          Task)
   co_task[co] = t
   ntasks = ntasks + 1
@@ -170,7 +170,7 @@ end
 
 local function wake(t, a, b, c)
   t.wseq = t.wseq + 1 -- entries of this wait in any queue are now stale
-  t.status = "ready"
+  t.state = "ready"
   local tm = t.timer
   if tm then tm:stop() end
   t.r1, t.r2, t.r3 = a, b, c
@@ -178,7 +178,7 @@ local function wake(t, a, b, c)
 end
 
 local function on_timer(t)
-  if t.status == "waiting" then wake(t, nil, "timed out", "ETIMEDOUT") end
+  if t.state == "waiting" then wake(t, nil, "timed out", "ETIMEDOUT") end
 end
 
 local new_timer -- defined with the timers below
@@ -209,18 +209,18 @@ end
 
 -- Parks the task until wake(); returns what wake() was given.
 local function wait_end(t, timeout)
-  t.status = "waiting"
+  t.state = "waiting"
   if timeout then task_timer(t):again(timeout) end
   local a, b, c = yield(PARK)
   if a == CANCEL then raise_cancel(t) end
   return a, b, c
 end
 
-local function is_live(t, s) return t.status == "waiting" and t.wseq == s end
+local function is_live(t, s) return t.state == "waiting" and t.wseq == s end
 
 local function finish_results(t, ok, ...)
   if ok then
-    t.status = "done"
+    t.state = "done"
     local n = select("#", ...)
     if n > 0 then t.results = {n = n, ...} end
     return
@@ -228,9 +228,9 @@ local function finish_results(t, ok, ...)
   local e = ...
   t.err = e
   if getmetatable(e) == Cancelled and e.task == t and not e.token then
-    t.status = "cancelled"
+    t.state = "cancelled"
   else
-    t.status = "failed"
+    t.state = "failed"
   end
 end
 
@@ -252,9 +252,9 @@ function finish(co, ok, ...)
   if t.timer then t.timer:stop() end
   finish_results(t, ok, ...)
   local j = t.joiners
-  if t.main and t.status ~= "done" then
+  if t.main and t.state ~= "done" then
     main_failed(t.err)
-  elseif t.status == "failed" and not j then
+  elseif t.state == "failed" and not j then
     report(t.err, t)
   end
   if j then
@@ -266,8 +266,8 @@ function finish(co, ok, ...)
 end
 
 local function resume_task(t)
-  if t.status ~= "ready" then return end -- cancelled before it started
-  t.status = "running"
+  if t.state ~= "ready" then return end -- cancelled before it started
+  t.state = "running"
   local co, ok, r = t.co
   if not co then
     co = take_runner()
@@ -368,7 +368,7 @@ end
 local function spawn(fn, ...)
   local n = select("#", ...)
   last_id = last_id + 1
-  local t = setmetatable({fn = fn, status = "ready", wseq = 0, id = last_id},
+  local t = setmetatable({fn = fn, state = "ready", wseq = 0, id = last_id},
                          Task)
   if n > 0 then t.args = {n = n, ...} end
   ntasks = ntasks + 1
@@ -638,7 +638,7 @@ end
 function tide.yield()
   local t = current_task("yield")
   wait_begin(t)
-  t.status = "waiting"
+  t.state = "waiting"
   wake(t)
   local a = yield(PARK)
   if a == CANCEL then raise_cancel(t) end
@@ -690,7 +690,7 @@ function tide.exit(code)
   if co and is_runner[co] then
     -- park for good: the loop stops after this callback
     local t = co_task[co] or adopt(co)
-    t.status = "waiting"
+    t.state = "waiting"
     t.wseq = t.wseq + 1
     yield(PARK)
   end
@@ -703,7 +703,7 @@ function tide.stats()
 end
 
 local function on_readable(t)
-  if t.status == "waiting" then wake(t, true) end
+  if t.state == "waiting" then wake(t, true) end
 end
 
 -- Waits until descriptor fd is readable (used by the REPL).
@@ -731,11 +731,11 @@ end
 local finished = {done = true, failed = true, cancelled = true}
 
 local function task_results(t)
-  if t.status == "done" then
+  if t.state == "done" then
     local r = t.results
     if r then return true, unpack(r, 1, r.n) end
     return true
-  elseif t.status == "cancelled" then
+  elseif t.state == "cancelled" then
     return nil, tostring(t.err), "ECANCELED"
   end
   return nil, t.err
@@ -744,7 +744,7 @@ end
 function Task:join(timeout)
   check_task(self, "join")
   timeout = check_seconds(timeout, 2, "join", true)
-  if not finished[self.status] then
+  if not finished[self.state] then
     local me = current_task("join")
     if me == self then error("a task cannot join itself", 2) end
     local s = wait_begin(me)
@@ -759,7 +759,7 @@ function Task:join(timeout)
 end
 
 function cancel(t, reason, token)
-  local st = t.status
+  local st = t.state
   if finished[st] then return false end
   local e = setmetatable({task = t, reason = reason, token = token}, Cancelled)
   if st == "waiting" then
@@ -769,7 +769,7 @@ function cancel(t, reason, token)
     -- never started: it ends now, without running
     ntasks = ntasks - 1
     t.fn, t.args = nil, nil
-    t.status, t.err = "cancelled", e
+    t.state, t.err = "cancelled", e
     local j = t.joiners
     t.joiners = nil
     if j then
@@ -790,11 +790,11 @@ end
 
 function Task:status()
   check_task(self, "status")
-  return self.status
+  return self.state
 end
 
 function Task:__tostring()
-  return ("tide.task %d (%s)"):format(self.id, self.status)
+  return ("tide.task %d (%s)"):format(self.id, self.state)
 end
 
 Cancelled.__index = Cancelled
