@@ -39,7 +39,7 @@ end
 local function tmpdir()
   local path = os.tmpname()
   os.remove(path)
-  assert(os.execute("mkdir " .. shell_quote(path)) == 0 or true)
+  os.execute("mkdir " .. shell_quote(path))
   temps[#temps + 1] = path
   return path
 end
@@ -220,6 +220,52 @@ describe("the tide command", function()
       assert.equal(1, rc)
       assert.truthy(err:find(path .. ":3:", 1, true), err)
       assert.truthy(err:find("stack traceback", 1, true), err)
+    end)
+
+    it("may start with a #! line", function()
+      local path = script("#!/usr/bin/env tide\nio.write('shebang ok')\n")
+      local out, err, rc = tide_cmd {path}
+      assert.equal(0, rc, err)
+      assert.equal("shebang ok", out)
+    end)
+
+    it("from standard input: errors name stdin and the line", function()
+      local _, err, rc = tide_cmd({"-"}, {stdin = "local x = 1\nerror('from stdin')\n"})
+      assert.equal(1, rc)
+      assert.truthy(err:find("stdin:2: from stdin", 1, true), err)
+    end)
+
+    it("with an error object that is not a string: status 1, its tostring", function()
+      local path = script([[
+        error(setmetatable({}, {__tostring = function() return "custom error" end}))
+      ]])
+      local _, err, rc = tide_cmd {path}
+      assert.equal(1, rc)
+      assert.truthy(err:find("custom error", 1, true), err)
+    end)
+
+    it("with an error in the main task: exits at once, pending timers dropped", function()
+      local path = script([[
+        tide.after(0.5, function() io.write("timer fired") end)
+        tide.sleep(0.01)
+        error("main failed")
+      ]])
+      local t0 = tide.hrtime()
+      local out, err, rc = tide_cmd {path}
+      assert.equal(1, rc)
+      assert.equal("", out)
+      assert.truthy(err:find("main failed", 1, true), err)
+      assert.is_true(tide.hrtime() - t0 < 0.45, "waited for the timer")
+    end)
+
+    it("ends with status 0 when it returns while timers are still due", function()
+      local path = script([[
+        tide.after(0.02, function() io.write("timer fired") end)
+        return 7
+      ]])
+      local out, err, rc = tide_cmd {path}
+      assert.equal(0, rc, err)
+      assert.equal("timer fired", out)
     end)
 
     it("sees the core as the global tide", function()

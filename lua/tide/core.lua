@@ -514,7 +514,11 @@ end
 
 local function run_closing()
   cq_last = cq_tail
+  -- close callbacks run even while exiting: tide.exit promises them
+  local was = exiting
+  exiting = false
   run_batch(next_close)
+  exiting = was
   if cq_head > cq_tail then cq_head, cq_tail = 1, 0
   else close_arm(H) end
 end

@@ -673,6 +673,26 @@ START_TEST(test_free_after_running) {
 }
 END_TEST
 
+/* A task waiting for a descriptor to become readable (the REPL's
+ * tide._wait_readable, which is not public API: skipped when absent). */
+START_TEST(test_free_with_readable_wait) {
+  tide_host *h = new_host(NULL);
+  lua_State *L = tide_lua(h);
+  int p[2];
+  ck_assert_int_eq(pipe(p), 0);
+  if (strcmp(eval(h, "type(tide._wait_readable)"), "function") == 0) {
+    lua_pushinteger(L, p[0]);
+    lua_setglobal(L, "fd");
+    run(h, "tide._wait_readable(fd); woke = true");
+    ck_assert_int_eq(tide_loop_run(h, TIDE_RUN_NOWAIT), 1);
+    ck_assert_str_eq(eval(h, "woke"), "nil");
+  }
+  tide_host_free(h); /* ASan: the watcher and its event must not leak */
+  close(p[0]);
+  close(p[1]);
+}
+END_TEST
+
 START_TEST(test_free_while_exiting) {
   tide_host *h = new_host(NULL);
   run(h, "for i = 1, 10 do tide.after(i, print) end\n"
@@ -724,6 +744,7 @@ static Suite *embed_suite(void) {
   tcase_add_test(m, test_hosts_in_threads);
   tcase_add_test(f, test_free_with_work_armed);
   tcase_add_test(f, test_free_after_running);
+  tcase_add_test(f, test_free_with_readable_wait);
   tcase_add_test(f, test_free_while_exiting);
   tcase_add_test(f, test_many_hosts);
   suite_add_tcase(s, c);
