@@ -20,50 +20,68 @@
 
 typedef struct lreadable {
   tide_host *h;
-  struct event *ev;
-  int ref; /* registry ref of {fn, arg} */
+  struct event *ev; /* NULL once closed */
+  int ref;          /* registry ref of {fn, arg, self} while armed */
 } lreadable;
+
+#define READABLE_MT "tide.readable"
+
+static void readable_disarm(lua_State *L, lreadable *r) {
+  if (r->ref == LUA_NOREF) return;
+  r->h->refs--;
+  luaL_unref(L, LUA_REGISTRYINDEX, r->ref);
+  r->ref = LUA_NOREF;
+}
 
 static void readable_cb(evutil_socket_t fd, short what, void *p) {
   lreadable *r = p;
   tide_host *h = r->h;
   lua_State *L = h->L;
   (void)fd, (void)what;
-  h->refs--;
   lua_rawgeti(L, LUA_REGISTRYINDEX, r->ref);
-  luaL_unref(L, LUA_REGISTRYINDEX, r->ref);
+  readable_disarm(L, r);
   lua_rawgeti(L, -1, 1);
   lua_rawgeti(L, -2, 2);
   lua_remove(L, -3);
-  event_free(r->ev);
-  free(r);
   tide__call(h, h->ref_run_direct, 2);
 }
 
-/* C.when_readable(fd, fn, arg): fn(arg) runs in the poll phase once fd is
- * readable. Keeps the loop alive meanwhile. */
+/* C.when_readable(fd, fn, arg) -> watcher: fn(arg) runs in the poll phase
+ * once fd is readable. The watcher keeps the loop alive until then;
+ * watcher:close() (also its __gc) cancels it. */
 static int l_when_readable(lua_State *L) {
   tide_host *h = HOST(L);
   int fd = (int)luaL_checkinteger(L, 1);
   lreadable *r;
   luaL_checktype(L, 2, LUA_TFUNCTION);
   lua_settop(L, 3);
-  r = malloc(sizeof *r);
-  if (!r) return luaL_error(L, "not enough memory");
+  r = lua_newuserdata(L, sizeof *r);
   r->h = h;
+  r->ref = LUA_NOREF;
   r->ev = event_new(h->base, fd, EV_READ, readable_cb, r);
-  if (!r->ev || event_add(r->ev, NULL) != 0) {
-    if (r->ev) event_free(r->ev);
-    free(r);
+  luaL_getmetatable(L, READABLE_MT);
+  lua_setmetatable(L, -2);
+  if (!r->ev || event_add(r->ev, NULL) != 0)
     return luaL_error(L, "cannot watch descriptor %d", fd);
-  }
-  lua_createtable(L, 2, 0);
+  lua_createtable(L, 3, 0);
   lua_pushvalue(L, 2);
   lua_rawseti(L, -2, 1);
   lua_pushvalue(L, 3);
   lua_rawseti(L, -2, 2);
+  lua_pushvalue(L, 4);
+  lua_rawseti(L, -2, 3);
   r->ref = luaL_ref(L, LUA_REGISTRYINDEX);
   h->refs++;
+  return 1;
+}
+
+static int l_readable_close(lua_State *L) {
+  lreadable *r = luaL_checkudata(L, 1, READABLE_MT);
+  readable_disarm(L, r);
+  if (r->ev) {
+    event_free(r->ev); /* also removes it from the base */
+    r->ev = NULL;
+  }
   return 0;
 }
 
@@ -165,6 +183,14 @@ static void set_funcs(lua_State *L, tide_host *h, const luaL_Reg *r) {
 
 int tide__open_core(lua_State *L) {
   tide_host *h = tide_from_lua(L);
+  luaL_newmetatable(L, READABLE_MT);
+  lua_pushcfunction(L, l_readable_close);
+  lua_setfield(L, -2, "__gc");
+  lua_pushvalue(L, -1);
+  lua_setfield(L, -2, "__index");
+  lua_pushcfunction(L, l_readable_close);
+  lua_setfield(L, -2, "close");
+  lua_pop(L, 1);
   static const luaL_Reg fns[] = {
       {"now", l_now},     {"hrtime", l_hrtime},   {"time", l_time},
       {"phase", l_phase}, {"stats", l_stats},     {"exit", l_exit},

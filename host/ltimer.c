@@ -102,10 +102,10 @@ int32_t tide__lt_start(tide_host *h, int32_t id, double delay, int32_t repeat,
     s = slot(h, id);
   }
   was = tide__timer_active(&s->ct.t);
-  /* From the clock read now, not the iteration's cached one: a task that
-   * ran long before it sleeps still sleeps the whole delay. The timers
-   * phase compares with the cached clock, so such a timer never fires in
-   * the pass that started it. */
+  /* From the clock read now, not the iteration's cached one (as Node does
+   * for setTimeout): a task that ran long before it sleeps still sleeps the
+   * whole delay. The timers phase compares with the cached clock, so such
+   * a timer never fires in the pass that started it. */
   if (tide__timer_start(&h->timers, &s->ct.t, tide__hrtime(), ns) != 0) {
     if (was && s->ref) h->refs--;
     slot_free(h, id, s);

@@ -466,6 +466,15 @@ describe("tasks", function()
       r = got:recv(2)
       assert.is_table(r)
       assert.truthy(r.err:find("close blew up", 1, true), r.err)
+      -- a timer callback that waited first is a task by then
+      tide.after(0, function()
+        tide.sleep(0.001)
+        error("waiting timer blew up")
+      end)
+      r = got:recv(2)
+      assert.is_table(r)
+      assert.truthy(r.err:find("waiting timer blew up", 1, true), r.err)
+      assert.is_not_nil(r.task)
     end)
 
     it("keeps the other tasks and timers running", function()
@@ -710,21 +719,30 @@ describe("tasks", function()
   describe("scale", function()
     it("runs 100,000 concurrent sleeping tasks", function()
       local N, count = 100000, 0
+      local last_start, first_wake = -math.huge, math.huge
       local all_done = tide.cond()
       local base = tide.stats().tasks
-      local t0 = tide.hrtime()
+      local t0, cpu0 = tide.hrtime(), os.clock()
       for _ = 1, N do
         tide.spawn(function()
+          local now = tide.hrtime()
+          if now > last_start then last_start = now end
           tide.sleep(0.05)
+          now = tide.hrtime()
+          if now < first_wake then first_wake = now end
           count = count + 1
           if count == N then all_done:signal() end
         end)
       end
       assert.equal(base + N, tide.stats().tasks)
-      assert.is_true(all_done:wait(20))
-      local took = tide.hrtime() - t0
+      assert.is_true(all_done:wait(30))
+      local took, cpu = tide.hrtime() - t0, os.clock() - cpu0
       assert.equal(N, count)
-      assert.is_true(took < 5, ("took %.2f s"):format(took))
+      -- all of them were asleep at once
+      assert.is_true(last_start < first_wake)
+      assert.is_true(first_wake - t0 >= 0.05)
+      -- and cheaply: CPU time, so that a loaded machine does not fail it
+      assert.is_true(cpu < 4, ("took %.2f s of CPU (%.2f s wall)"):format(cpu, took))
       assert.equal(base, tide.stats().tasks)
       collectgarbage()
     end)

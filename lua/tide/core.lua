@@ -79,11 +79,14 @@ end
 
 -- the ready queue -----------------------------------------------------------
 
+-- Entries take four slots: a task and the three values its wait returns
+-- (kept here rather than in the task, which stays small), or a job.
 local rq, rq_head, rq_tail = {}, 1, 0
 
-local function push_ready(x)
-  rq_tail = rq_tail + 1
-  rq[rq_tail] = x
+local function push_ready(x, a, b, c)
+  local n = rq_tail
+  rq[n + 1], rq[n + 2], rq[n + 3], rq[n + 4] = x, a, b, c
+  rq_tail = n + 4
 end
 
 -- runners ---------------------------------------------------------------------
@@ -169,19 +172,28 @@ local function current_task(fname)
 end
 
 local function wake(t, a, b, c)
+  t.cleanup = nil
   t.wseq = t.wseq + 1 -- entries of this wait in any queue are now stale
   t.state = "ready"
   local tm = t.timer
   if tm then tm:stop() end
-  t.r1, t.r2, t.r3 = a, b, c
-  push_ready(t)
+  push_ready(t, a, b, c)
+end
+
+-- A wait that ends early (timeout, cancel) closes what t.cleanup holds.
+local function abandon(t)
+  local c = t.cleanup
+  if c then t.cleanup = nil; c:close() end
 end
 
 local function on_timer(t)
-  if t.state == "waiting" then wake(t, nil, "timed out", "ETIMEDOUT") end
+  if t.state == "waiting" then
+    abandon(t)
+    wake(t, nil, "timed out", "ETIMEDOUT")
+  end
 end
 
-local new_timer -- defined with the timers below
+local new_timer, arm -- defined with the timers below
 
 local function task_timer(t)
   local tm = t.timer
@@ -210,7 +222,7 @@ end
 -- Parks the task until wake(); returns what wake() was given.
 local function wait_end(t, timeout)
   t.state = "waiting"
-  if timeout then task_timer(t):again(timeout) end
+  if timeout then arm(task_timer(t), timeout, 0) end
   local a, b, c = yield(PARK)
   if a == CANCEL then raise_cancel(t) end
   return a, b, c
@@ -265,7 +277,7 @@ function finish(co, ok, ...)
   end
 end
 
-local function resume_task(t)
+local function resume_task(t, a, b, c)
   if t.state ~= "ready" then return end -- cancelled before it started
   t.state = "running"
   local co, ok, r = t.co
@@ -281,8 +293,6 @@ local function resume_task(t)
       ok, r = resume(co, fn)
     end
   else
-    local a, b, c = t.r1, t.r2, t.r3
-    t.r1, t.r2, t.r3 = nil, nil, nil
     ok, r = resume(co, a, b, c)
   end
   after_resume(co, ok, r)
@@ -309,11 +319,13 @@ local function batch(next_job)
     local cb = next_job()
     if cb == nil then return end
     local ok, e = xpcall(call_cb, on_fail, cb)
-    if co_task[co] then -- it waited: the batch went on elsewhere
+    local t = co_task[co]
+    if t then -- it became a task (it waited, or asked for tide.current())
       finish(co, ok, e)
-      return
+      if t.detached then return end -- it waited: the batch went on elsewhere
+    elseif not ok then
+      report(e, nil)
     end
-    if not ok then report(e, nil) end
     if rq_head <= rq_tail then yield(DRAIN) end
   end
 end
@@ -330,6 +342,8 @@ local function run_batch(next_job)
     end
     after_resume(co, ok, r)
     if r ~= PARK then break end
+    co_task[co].detached = true
+    drain() -- between this callback and the next
   end
   drain()
 end
@@ -340,10 +354,11 @@ function drain()
   if draining then return end
   draining = true
   while rq_head <= rq_tail and not exiting do
-    local x = rq[rq_head]
-    rq[rq_head] = nil
-    rq_head = rq_head + 1
-    if getmetatable(x) == Task then resume_task(x) else run_job(x) end
+    local h = rq_head
+    local x, a, b, c = rq[h], rq[h + 1], rq[h + 2], rq[h + 3]
+    rq[h], rq[h + 1], rq[h + 2], rq[h + 3] = nil, nil, nil, nil
+    rq_head = h + 4
+    if getmetatable(x) == Task then resume_task(x, a, b, c) else run_job(x) end
   end
   if rq_head > rq_tail then rq_head, rq_tail = 1, 0 end
   draining = false
@@ -404,7 +419,7 @@ end
 
 local function run_timers() run_batch(next_timer) end
 
-local function arm(tm, delay, repeat_)
+function arm(tm, delay, repeat_)
   local id = lt_start(H, tm[2], delay, repeat_, tm.noref and 0 or 1)
   if id < 0 then
     if tm[2] ~= 0 then tslots[tm[2]] = nil; tm[2] = 0 end
@@ -574,7 +589,7 @@ function tide.immediate(fn, ...)
   iq_tail = iq_tail + 1
   iq[iq_tail] = m
   iq_live, iq_refd = iq_live + 1, iq_refd + 1
-  if iq_live == 1 then imm_set(H, 1, iq_refd) end
+  if iq_refd == 1 then imm_set(H, iq_live, 1) end -- the node's state changes
   return m
 end
 
@@ -635,7 +650,7 @@ function tide.sleep(s)
   s = check_seconds(s, 1, "sleep")
   local t = current_task("sleep")
   wait_begin(t)
-  task_timer(t):again(s)
+  arm(task_timer(t), s, 0)
   wait_end(t)
 end
 
@@ -674,7 +689,7 @@ function tide.timeout(s, fn, ...)
   local t = current_task("timeout")
   local scope = {task = t, token = {}, active = true}
   scope.timer = new_timer(timeout_fire, scope)
-  scope.timer:again(s)
+  arm(scope.timer, s, 0)
   return timeout_result(scope, pcall(fn, ...))
 end
 
@@ -711,11 +726,14 @@ local function on_readable(t)
 end
 
 -- Waits until descriptor fd is readable (used by the REPL).
-function tide._wait_readable(fd)
+function tide._wait_readable(fd, timeout)
   local t = current_task("_wait_readable")
   wait_begin(t)
-  C.when_readable(fd, on_readable, t)
-  return wait_end(t)
+  local w = C.when_readable(fd, on_readable, t)
+  t.cleanup = w
+  local ok, msg, code = wait_end(t, timeout)
+  w:close()
+  return ok, msg, code
 end
 
 tide.version = C.version
@@ -768,6 +786,7 @@ function cancel(t, reason, token)
   local e = setmetatable({task = t, reason = reason, token = token}, Cancelled)
   if st == "waiting" then
     t.cancel_err = e
+    abandon(t)
     wake(t, CANCEL)
   elseif st == "ready" and not t.co then
     -- never started: it ends now, without running
