@@ -146,6 +146,7 @@ double tide__lt_now(tide_host *h);
 void tide__lt_free_all(tide_host *h);
 void tide__lua_imm_set(tide_host *h, int32_t queued, int32_t refd);
 void tide__lua_close_arm(tide_host *h);
+void tide__phase_add(tide_host *h, int32_t n);
 
 /* core.c: the C half of `require "tide"` */
 int tide__open_core(lua_State *L);

@@ -215,3 +215,8 @@ static void close_node_run(tide_host *h, tide__deferred *d) {
 void tide__lua_close_arm(tide_host *h) {
   tide__close_later(h, &h->lua_close, close_node_run);
 }
+
+/* Lua ran n more callbacks in this phase than the loop counted. */
+void tide__phase_add(tide_host *h, int32_t n) {
+  if (h->phase < TIDE_PHASE_COUNT_LOOP) h->phase_calls[h->phase] += n;
+}

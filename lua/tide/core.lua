@@ -36,6 +36,7 @@ local lt_pop = cfn("lt_pop", "int32_t (*)(void *)")
 local lt_now = cfn("lt_now", "double (*)(void *)")
 local imm_set = cfn("imm_set", "void (*)(void *, int32_t, int32_t)")
 local close_arm = cfn("close_arm", "void (*)(void *)")
+local phase_add = cfn("phase_add", "void (*)(void *, int32_t)")
 
 local tide = {}
 local PARK = {}   -- yielded by a task that waits
@@ -521,6 +522,7 @@ local cq_last = 0
 
 local function next_close()
   if cq_head > cq_last then return nil end
+  phase_add(H, 1)
   local cb = cq[cq_head]
   cq[cq_head] = nil
   cq_head = cq_head + 1
@@ -533,6 +535,7 @@ local function run_closing()
   local was = exiting
   exiting = false
   run_batch(next_close)
+  phase_add(H, -1) -- the loop counted this batch as one callback
   exiting = was
   if cq_head > cq_tail then cq_head, cq_tail = 1, 0
   else close_arm(H) end
@@ -557,6 +560,7 @@ local iq, iq_head, iq_tail = {}, 1, 0
 local iq_live, iq_refd = 0, 0 -- queued and not stopped; of them referenced
 
 local iq_last = 0 -- the last immediate of this check phase
+local iq_ran = 0
 
 local function next_immediate()
   while iq_head <= iq_last do
@@ -567,6 +571,7 @@ local function next_immediate()
       m[2] = false
       iq_live = iq_live - 1
       if not m.noref then iq_refd = iq_refd - 1 end
+      iq_ran = iq_ran + 1
       return m
     end
   end
@@ -574,8 +579,9 @@ local function next_immediate()
 end
 
 local function run_immediates()
-  iq_last = iq_tail
+  iq_last, iq_ran = iq_tail, 0
   run_batch(next_immediate)
+  phase_add(H, iq_ran - 1) -- the loop counted this batch as one callback
   if iq_head > iq_tail then iq_head, iq_tail = 1, 0 end
   imm_set(H, iq_live, iq_refd)
 end
