@@ -206,7 +206,6 @@ int tide__open_core(lua_State *L) {
       {"lt_now", (void *)tide__lt_now},
       {"imm_set", (void *)tide__lua_imm_set},
       {"close_arm", (void *)tide__lua_close_arm},
-      {"phase_add", (void *)tide__phase_add},
       {NULL, NULL}};
   int i;
 

@@ -103,6 +103,20 @@ void tide__push_anchor(tide_host *h, lua_State *L, int slot) {
   lua_remove(L, -2);
 }
 
+int64_t tide__call_count(tide_host *h, int fn_ref) {
+  lua_State *L = h->L;
+  int64_t n;
+  lua_rawgeti(L, LUA_REGISTRYINDEX, fn_ref);
+  if (lua_pcall(L, 0, 1, 0) != 0) {
+    fprintf(stderr, "tide: %s\n", lua_tostring(L, -1));
+    lua_pop(L, 1);
+    return 0;
+  }
+  n = (int64_t)lua_tointeger(L, -1);
+  lua_pop(L, 1);
+  return n;
+}
+
 /* package.preload loader for the Lua files embedded in the binary */
 static int load_embedded(lua_State *L) {
   const tide__lua_module *m = lua_touserdata(L, lua_upvalueindex(1));

@@ -127,6 +127,9 @@ void tide__loop_shutdown(tide_host *h);
  * (the function to run first). Errors are reported, never raised. */
 void tide__call(tide_host *h, int fn_ref, int nargs);
 void tide__exit(tide_host *h, int code);
+/* Calls the Lua function of fn_ref with no arguments; returns the number it
+ * returns (how many callbacks it ran), 0 on failure. */
+int64_t tide__call_count(tide_host *h, int fn_ref);
 
 /* host.c: anchors keep a Lua value alive while C holds on to it (an armed
  * timer, a queued immediate, a pending operation): a slot in one table,
@@ -146,7 +149,6 @@ double tide__lt_now(tide_host *h);
 void tide__lt_free_all(tide_host *h);
 void tide__lua_imm_set(tide_host *h, int32_t queued, int32_t refd);
 void tide__lua_close_arm(tide_host *h);
-void tide__phase_add(tide_host *h, int32_t n);
 
 /* core.c: the C half of `require "tide"` */
 int tide__open_core(lua_State *L);

@@ -192,7 +192,8 @@ void tide__lt_free_all(tide_host *h) {
 
 static void imm_node_run(tide_host *h, tide__imm *im) {
   (void)im;
-  tide__call(h, h->ref_run_immediates, 0);
+  /* the loop counted this node as one callback; Lua ran n */
+  h->phase_calls[TIDE_PHASE_CHECK] += tide__call_count(h, h->ref_run_immediates) - 1;
 }
 
 /* Lua's immediate queue holds `queued` immediates, `refd` of them
@@ -208,7 +209,7 @@ void tide__lua_imm_set(tide_host *h, int32_t queued, int32_t refd) {
 
 static void close_node_run(tide_host *h, tide__deferred *d) {
   (void)d;
-  tide__call(h, h->ref_run_closing, 0);
+  h->phase_calls[TIDE_PHASE_CLOSE] += tide__call_count(h, h->ref_run_closing) - 1;
 }
 
 /* Lua queued a close callback: run Lua's close queue in the close phase. */
@@ -216,7 +217,3 @@ void tide__lua_close_arm(tide_host *h) {
   tide__close_later(h, &h->lua_close, close_node_run);
 }
 
-/* Lua ran n more callbacks in this phase than the loop counted. */
-void tide__phase_add(tide_host *h, int32_t n) {
-  if (h->phase < TIDE_PHASE_COUNT_LOOP) h->phase_calls[h->phase] += n;
-}

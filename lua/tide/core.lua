@@ -36,7 +36,6 @@ local lt_pop = cfn("lt_pop", "int32_t (*)(void *)")
 local lt_now = cfn("lt_now", "double (*)(void *)")
 local imm_set = cfn("imm_set", "void (*)(void *, int32_t, int32_t)")
 local close_arm = cfn("close_arm", "void (*)(void *)")
-local phase_add = cfn("phase_add", "void (*)(void *, int32_t)")
 
 local tide = {}
 local PARK = {}   -- yielded by a task that waits
@@ -520,25 +519,28 @@ end
 
 local cq_last = 0
 
+local cq_ran = 0
+
 local function next_close()
   if cq_head > cq_last then return nil end
-  phase_add(H, 1)
+  cq_ran = cq_ran + 1
   local cb = cq[cq_head]
   cq[cq_head] = nil
   cq_head = cq_head + 1
   return cb
 end
 
+-- returns how many callbacks ran, for tide.stats()
 local function run_closing()
-  cq_last = cq_tail
+  cq_last, cq_ran = cq_tail, 0
   -- close callbacks run even while exiting: tide.exit promises them
   local was = exiting
   exiting = false
   run_batch(next_close)
-  phase_add(H, -1) -- the loop counted this batch as one callback
   exiting = was
   if cq_head > cq_tail then cq_head, cq_tail = 1, 0
   else close_arm(H) end
+  return cq_ran
 end
 
 -- close([fn]): stop for good; fn(timer) runs in the close phase
@@ -578,12 +580,28 @@ local function next_immediate()
   return nil
 end
 
+-- The C node that makes the check phase call run_immediates is kept in
+-- step with the queue, calling C only when its state changes.
+local node_on, node_ref, in_check = false, false, false
+
+local function sync_node()
+  if in_check then return end -- run_immediates syncs when it ends
+  local on, ref = iq_live > 0, iq_refd > 0
+  if on ~= node_on or (on and ref ~= node_ref) then
+    node_on, node_ref = on, ref
+    imm_set(H, iq_live, iq_refd)
+  end
+end
+
+-- returns how many immediates ran, for tide.stats()
 local function run_immediates()
-  iq_last, iq_ran = iq_tail, 0
+  node_on, node_ref = false, false -- the loop took the node off its queue
+  iq_last, iq_ran, in_check = iq_tail, 0, true
   run_batch(next_immediate)
-  phase_add(H, iq_ran - 1) -- the loop counted this batch as one callback
+  in_check = false
   if iq_head > iq_tail then iq_head, iq_tail = 1, 0 end
-  imm_set(H, iq_live, iq_refd)
+  sync_node()
+  return iq_ran
 end
 
 function tide.immediate(fn, ...)
@@ -595,7 +613,7 @@ function tide.immediate(fn, ...)
   iq_tail = iq_tail + 1
   iq[iq_tail] = m
   iq_live, iq_refd = iq_live + 1, iq_refd + 1
-  if iq_refd == 1 then imm_set(H, iq_live, 1) end -- the node's state changes
+  if not (node_on and node_ref) then sync_node() end
   return m
 end
 
@@ -612,7 +630,7 @@ function Immediate:stop()
     self[2] = false
     iq_live = iq_live - 1
     if not self.noref then iq_refd = iq_refd - 1 end
-    imm_set(H, iq_live, iq_refd)
+    sync_node()
   end
 end
 Immediate.close = Immediate.stop
@@ -622,7 +640,7 @@ function Immediate:active() return self[2] == true end
 local function imm_ref(m, want)
   if m[2] and (not m.noref) ~= want then
     iq_refd = iq_refd + (want and 1 or -1)
-    imm_set(H, iq_live, iq_refd)
+    sync_node()
   end
   m.noref = (not want) or nil
   return m
