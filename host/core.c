@@ -87,13 +87,6 @@ static int l_readable_close(lua_State *L) {
 
 /* --- clocks, phase, stats, exit ------------------------------------------ */
 
-static int l_now(lua_State *L) {
-  tide_host *h = HOST(L);
-  if (!h->running) h->now = tide__hrtime(); /* outside the loop: read it */
-  lua_pushnumber(L, (double)h->now / 1e9);
-  return 1;
-}
-
 static int l_hrtime(lua_State *L) {
   lua_pushnumber(L, (double)tide__hrtime() / 1e9);
   return 1;
@@ -135,7 +128,6 @@ static int l_stats(lua_State *L) {
   set_num(L, "utilization",
           wall > 0 ? (double)(wall - h->idle_ns) / (double)wall : 0);
   set_num(L, "timers", (double)h->timers.count);
-  set_num(L, "immediates", (double)h->imm_count);
   set_num(L, "refs", (double)h->refs);
   /* the worker pool starts on first use; none of its work exists yet */
   lua_createtable(L, 0, 4);
@@ -192,17 +184,18 @@ int tide__open_core(lua_State *L) {
   lua_setfield(L, -2, "close");
   lua_pop(L, 1);
   static const luaL_Reg fns[] = {
-      {"now", l_now},     {"hrtime", l_hrtime},   {"time", l_time},
+      {"hrtime", l_hrtime},   {"time", l_time},
       {"phase", l_phase}, {"stats", l_stats},     {"exit", l_exit},
       {"set_runners", l_set_runners}, {"when_readable", l_when_readable},
       {NULL, NULL}};
   /* ltimer.c's functions, called from Lua through the FFI */
   static const struct { const char *name; void *fn; } ffi[] = {
-      {"lt_start", (void *)tide__lt_start},
+      {"lt_start_at", (void *)tide__lt_start_at},
       {"lt_stop", (void *)tide__lt_stop},
-      {"lt_ref", (void *)tide__lt_ref},
       {"lt_pop", (void *)tide__lt_pop},
-      {"lt_active", (void *)tide__lt_active},
+      {"lt_next", (void *)tide__lt_next},
+      {"lt_clock", (void *)tide__lt_clock},
+      {"lt_cached", (void *)tide__lt_cached},
       {"lt_now", (void *)tide__lt_now},
       {"imm_set", (void *)tide__lua_imm_set},
       {"close_arm", (void *)tide__lua_close_arm},

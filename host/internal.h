@@ -139,12 +139,13 @@ void tide__unanchor(tide_host *h, lua_State *L, int slot);
 void tide__push_anchor(tide_host *h, lua_State *L, int slot);
 
 /* ltimer.c (also called from Lua through the FFI) */
-int32_t tide__lt_start(tide_host *h, int32_t id, double delay, int32_t repeat,
-                       int32_t ref);
+int32_t tide__lt_start_at(tide_host *h, int32_t id, double deadline,
+                          int32_t ref);
 void tide__lt_stop(tide_host *h, int32_t id);
-void tide__lt_ref(tide_host *h, int32_t id, int32_t ref);
 int32_t tide__lt_pop(tide_host *h);
-int32_t tide__lt_active(tide_host *h, int32_t id);
+double tide__lt_next(tide_host *h);
+double tide__lt_clock(tide_host *h);
+double tide__lt_cached(tide_host *h);
 double tide__lt_now(tide_host *h);
 void tide__lt_free_all(tide_host *h);
 void tide__lua_imm_set(tide_host *h, int32_t queued, int32_t refd);

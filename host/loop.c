@@ -120,14 +120,16 @@ static void run_timers(tide_host *h) {
   h->timer_limit = h->timers.next_seq;
   h->timer_fired = 0;
   while (!HALTED(h) && (t = tide__timers_peek(&h->timers)) != NULL &&
-         t->deadline <= h->now && t->seq < h->timer_limit) {
+         t->deadline <= h->now) {
     tide__ctimer *ct = (tide__ctimer *)t;
-    if (!ct->cb) {
+    if (!ct->cb) { /* Lua's lists, never due in the pass that armed them */
       uint64_t before = h->timer_fired;
-      tide__call(h, h->ref_run_timers, 0);
+      h->phase_calls[TIDE_PHASE_TIMERS] +=
+          tide__call_count(h, h->ref_run_timers);
       if (h->timer_fired == before) break; /* Lua could not run them */
       continue;
     }
+    if (t->seq >= h->timer_limit) break; /* started during this phase */
     tide__timers_pop_due(&h->timers, h->now, h->timer_limit);
     if (!h->timer_fired++) {
       h->lag_ns = h->now - t->deadline;
@@ -150,12 +152,15 @@ static void run_pending(tide_host *h) {
 /* How long poll may wait, in ns; -1 = until an event arrives. */
 static int64_t poll_timeout(tide_host *h, tide_run_mode mode) {
   tide__timer *next;
+  int64_t now;
   if (mode == TIDE_RUN_NOWAIT || HALTED(h) || h->imm_count ||
       h->pending.head || h->closing.head || !tide__loop_alive(h))
     return 0;
   next = tide__timers_peek(&h->timers);
   if (!next) return -1;
-  return next->deadline > h->now ? next->deadline - h->now : 0;
+  /* from the clock now: callbacks since the iteration began took time */
+  now = tide__hrtime();
+  return next->deadline > now ? next->deadline - now : 0;
 }
 
 static void poll_timer_cb(evutil_socket_t fd, short what, void *arg) {

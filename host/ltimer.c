@@ -7,12 +7,14 @@
  * the Lua C API: they take and return plain numbers and never touch a
  * lua_State.
  *
- * A Lua timer is a numbered slot here (the number is its index in Lua's
- * slot table, which holds the callback). Slots live in chunks that never
- * move, because the timer structure links them; free slots form a list.
- * The timers phase hands a run of due Lua timers to Lua in one call:
- * tide__lt_pop gives them one at a time, and gives 0 at the first timer that
- * is not due, not Lua's, or when the loop is stopping.
+ Lua keeps its timers in one FIFO list per delay (see core.lua); each
+ * list has one C timer here, a numbered slot, armed at the list's first
+ * deadline. Slots live in chunks that never move, because the timer
+ * structure links them; free slots form a list. The timers phase hands the
+ * due lists to Lua in one call: tide__lt_pop gives them one at a time, and
+ * 0 at the first timer that is not due, not Lua's, or when the loop is
+ * stopping. Times cross the FFI as nanoseconds since the host started, in
+ * doubles.
  *
  * Immediates and close callbacks queue in Lua; Lua keeps one node in the
  * check phase's FIFO (and one in the close list) armed while its own queue
@@ -23,11 +25,9 @@
 #include "internal.h"
 
 #define CHUNK 1024
-#define MAX_DELAY 1e9 /* seconds (about 31 years); keeps deadlines in int64 */
 
 typedef struct lt {
   tide__ctimer ct; /* ct.cb == NULL marks a Lua timer */
-  int64_t interval; /* ns; 0 = one-shot */
   int32_t id;
   int32_t next_free;
   unsigned char ref, used;
@@ -76,12 +76,6 @@ static void slot_free(tide_host *h, int32_t id, lt *s) {
   h->lt_free = id;
 }
 
-static int64_t to_ns(double s) {
-  if (!(s > 0)) return 0; /* negative and NaN: 0 (Lua rejects NaN first) */
-  if (s > MAX_DELAY) s = MAX_DELAY;
-  return (int64_t)(s * 1e9 + 0.5);
-}
-
 static lt *valid(tide_host *h, int32_t id) {
   lt *s;
   if (id <= 0 || id > h->lt_nchunks * CHUNK) return NULL;
@@ -89,12 +83,11 @@ static lt *valid(tide_host *h, int32_t id) {
   return s->used ? s : NULL;
 }
 
-/* Arms slot id (0: a new slot) to fire after delay seconds; with repeat,
- * then every delay seconds. Returns the slot, or -1 when memory ran out
- * (a slot that was armed is then freed). */
-int32_t tide__lt_start(tide_host *h, int32_t id, double delay, int32_t repeat,
-                       int32_t ref) {
-  int64_t ns = to_ns(delay);
+/* Arms slot id (0: a new slot) at deadline (ns since the host started).
+ * Returns the slot, or -1 when memory ran out (a slot that was armed is
+ * then freed). */
+int32_t tide__lt_start_at(tide_host *h, int32_t id, double deadline,
+                          int32_t ref) {
   lt *s = id ? valid(h, id) : NULL;
   int was;
   if (!s) {
@@ -102,11 +95,9 @@ int32_t tide__lt_start(tide_host *h, int32_t id, double delay, int32_t repeat,
     s = slot(h, id);
   }
   was = tide__timer_active(&s->ct.t);
-  /* From the clock read now, not the iteration's cached one (as Node does
-   * for setTimeout): a task that ran long before it sleeps still sleeps the
-   * whole delay. The timers phase compares with the cached clock, so such
-   * a timer never fires in the pass that started it. */
-  if (tide__timer_start(&h->timers, &s->ct.t, tide__hrtime(), ns) != 0) {
+  if (was) tide__timer_stop(&h->timers, &s->ct.t);
+  if (tide__timer_start_at(&h->timers, &s->ct.t, h->start + (int64_t)deadline,
+                           0) != 0) {
     if (was && s->ref) h->refs--;
     slot_free(h, id, s);
     return -1;
@@ -114,7 +105,6 @@ int32_t tide__lt_start(tide_host *h, int32_t id, double delay, int32_t repeat,
   if (was && s->ref) h->refs--;
   s->ref = ref != 0;
   if (s->ref) h->refs++;
-  s->interval = repeat ? (ns > 0 ? ns : 1) : 0;
   return id;
 }
 
@@ -129,54 +119,40 @@ void tide__lt_stop(tide_host *h, int32_t id) {
   slot_free(h, id, s);
 }
 
-void tide__lt_ref(tide_host *h, int32_t id, int32_t ref) {
-  lt *s = valid(h, id);
-  ref = ref != 0;
-  if (!s || s->ref == ref) return;
-  if (tide__timer_active(&s->ct.t)) h->refs += ref ? 1 : -1;
-  s->ref = (unsigned char)ref;
-}
-
-/* The next due Lua timer of this timers phase: id while it stays armed (a
- * repeating timer, re-armed), -id when its slot was freed (one-shot), 0
- * when the run of due Lua timers ends. */
+/* The next due list of this timers phase: its slot, which is freed (the
+ * list's C timer is one-shot); 0 when the run of due Lua timers ends. Lua
+ * timers are never due in the pass that started them (they wait at least
+ * 1 ns past the clock read then), so they need no seq limit. */
 int32_t tide__lt_pop(tide_host *h) {
   tide__timer *t;
   lt *s;
-  int32_t id;
-  int64_t deadline;
   if (h->stop || h->exiting || h->phase != TIDE_PHASE_TIMERS) return 0;
   t = tide__timers_peek(&h->timers);
-  if (!t || t->deadline > h->now || t->seq >= h->timer_limit ||
-      ((tide__ctimer *)t)->cb)
-    return 0;
-  deadline = t->deadline;
-  tide__timers_pop_due(&h->timers, h->now, h->timer_limit);
-  s = (lt *)t;
-  id = s->id;
+  if (!t || t->deadline > h->now || ((tide__ctimer *)t)->cb) return 0;
+  tide__timer_stop(&h->timers, t);
   if (!h->timer_fired++) {
-    h->lag_ns = h->now - deadline;
+    h->lag_ns = h->now - t->deadline;
     if (h->lag_ns > h->lag_max_ns) h->lag_max_ns = h->lag_ns;
   }
-  h->phase_calls[TIDE_PHASE_TIMERS]++;
-  if (s->interval) {
-    /* no drift: previous deadline plus the interval, past beats skipped */
-    int64_t next = deadline + s->interval;
-    if (next <= h->now)
-      next += ((h->now - next) / s->interval + 1) * s->interval;
-    if (tide__timer_start_at(&h->timers, &s->ct.t, next, s->interval) == 0)
-      return id;
-  }
+  s = (lt *)t;
   if (s->ref) h->refs--;
-  slot_free(h, id, s);
-  return -id;
+  slot_free(h, s->id, s);
+  return s->id;
 }
 
-int32_t tide__lt_active(tide_host *h, int32_t id) {
-  lt *s = valid(h, id);
-  return s && tide__timer_active(&s->ct.t);
+/* The deadline of the first armed timer of any kind, or -1. */
+double tide__lt_next(tide_host *h) {
+  tide__timer *t = tide__timers_peek(&h->timers);
+  return t ? (double)(t->deadline - h->start) : -1;
 }
 
+/* The clock read now, and the iteration's cached clock. */
+double tide__lt_clock(tide_host *h) {
+  return (double)(tide__hrtime() - h->start);
+}
+double tide__lt_cached(tide_host *h) { return (double)(h->now - h->start); }
+
+/* tide.now(): seconds of the monotonic clock, cached per iteration */
 double tide__lt_now(tide_host *h) { return (double)h->now / 1e9; }
 
 void tide__lt_free_all(tide_host *h) {

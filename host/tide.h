@@ -28,7 +28,8 @@ typedef struct tide_host tide_host;
 /* Options for tide_host_new. Zero-initialise, then set what you need. */
 typedef struct tide_options {
   int threads;             /* worker pool size; 0 = TIDE_THREADPOOL_SIZE or 4 */
-  const char *script_dir;  /* prepended to package.path ("dir/?.lua;...") */
+  const char *script_dir;  /* prepended to package.path ("dir/?.lua;...")
+                              and package.cpath ("dir/?.so;...") */
   int argc;                /* the script's arguments, for the global `arg` */
   char **argv;             /* argv[0] is the script name (arg[0]) */
   int script_index;        /* index in argv of the script (arg[0]); others

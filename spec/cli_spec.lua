@@ -74,7 +74,18 @@ local function script(code, dir, name)
   return tmpfile(code)
 end
 
+-- If a test waits for something that never comes and nothing else keeps the
+-- loop alive, tide would end the run quietly with status 0 and the missing
+-- tests unreported. This timer keeps the loop alive and fails the run
+-- instead; teardown stops it when every test has finished.
+local watchdog = tide.after(60, function()
+  io.stderr:write("\ncli_spec.lua: a test never finished (deadlock?)\n")
+  tide.exit(99)
+end)
+
 describe("the tide command", function()
+  teardown(function() watchdog:stop() end)
+
   after_each(function()
     for i = #temps, 1, -1 do
       os.execute("rm -rf " .. shell_quote(temps[i]))
@@ -309,6 +320,27 @@ describe("the tide command", function()
       ]]}
       assert.equal(5, rc, err)
       assert.equal("closed", out)
+    end)
+
+    it("resumes no other task afterwards, even one a close callback wakes", function()
+      local path = script([[
+        local ch = tide.channel(1)
+        tide.spawn(function()
+          tide.sleep(0.01)
+          local t = tide.after(10, function() end)
+          t:close(function()
+            io.write("close ran;")
+            ch:send("wake up")
+            tide.next(function() io.write("next ran;") end)
+          end)
+          tide.exit(4)
+        end)
+        ch:recv()
+        io.write("main resumed;")
+      ]])
+      local out, err, rc = tide_cmd {path}
+      assert.equal(4, rc, err)
+      assert.equal("close ran;", out)
     end)
 
     it("rejects a bad status argument", function()

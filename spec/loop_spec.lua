@@ -64,7 +64,18 @@ local function run_child(code)
   return out, err, rc, elapsed
 end
 
+-- If a test waits for something that never comes and nothing else keeps the
+-- loop alive, tide would end the run quietly with status 0 and the missing
+-- tests unreported. This timer keeps the loop alive and fails the run
+-- instead; teardown stops it when every test has finished.
+local watchdog = tide.after(60, function()
+  io.stderr:write("\nloop_spec.lua: a test never finished (deadlock?)\n")
+  tide.exit(99)
+end)
+
 describe("the loop", function()
+  teardown(function() watchdog:stop() end)
+
   before_each(function()
     errors = {}
     tide.on_error(function(e) errors[#errors + 1] = tostring(e) end)

@@ -48,7 +48,18 @@ local function pack(...) return {n = select("#", ...), ...} end
 
 local errors -- what reached tide.on_error during the current test
 
+-- If a test waits for something that never comes and nothing else keeps the
+-- loop alive, tide would end the run quietly with status 0 and the missing
+-- tests unreported. This timer keeps the loop alive and fails the run
+-- instead; teardown stops it when every test has finished.
+local watchdog = tide.after(60, function()
+  io.stderr:write("\ntask_spec.lua: a test never finished (deadlock?)\n")
+  tide.exit(99)
+end)
+
 describe("tasks", function()
+  teardown(function() watchdog:stop() end)
+
   before_each(function()
     errors = {}
     tide.on_error(function(e, t) errors[#errors + 1] = {err = e, task = t} end)
@@ -411,6 +422,20 @@ describe("tasks", function()
       assert.is_true(ok, tostring(e))
     end)
 
+    it("lets fn finish when its value and the deadline come in one pass", function()
+      local ch = tide.channel(1)
+      -- a slow timer holds the loop up until both deadlines below are past,
+      -- so that the send and the expiry fall in the same timers pass, send
+      -- first
+      tide.after(0, function() busy(0.04) end)
+      tide.after(0.01, function() ch:send("value") end)
+      local r = pack(tide.timeout(0.011, function() return (ch:recv()) end))
+      assert.same({n = 2, true, "value"}, r)
+      -- the expiry that came too late must not hit a later wait
+      local ok, e = pcall(tide.sleep, 0.02)
+      assert.is_true(ok, tostring(e))
+    end)
+
     it("nests: the outer deadline wins over a longer inner one", function()
       local inner_returned = false
       local ok, msg, code = tide.timeout(0.02, function()
@@ -532,6 +557,26 @@ describe("tasks", function()
       local slept = ch:recv(2)
       assert.is_number(slept)
       assert.is_true(slept >= 0.009)
+    end)
+
+    it("of every kind may wait: next, immediate, close", function()
+      local ch = tide.channel(3)
+      local function waiter(name)
+        return function()
+          tide.sleep(0.005)
+          ch:send(name)
+        end
+      end
+      tide.next(waiter("next"))
+      tide.immediate(waiter("immediate"))
+      tide.after(10, function() end):close(waiter("close"))
+      local got = {}
+      for _ = 1, 3 do
+        local v = ch:recv(2)
+        assert.is_string(v)
+        got[v] = true
+      end
+      assert.same({next = true, immediate = true, close = true}, got)
     end)
   end)
 
@@ -669,6 +714,21 @@ describe("tasks", function()
       local ok, msg, code = sem:acquire(0.01)
       assert.same({nil, "timed out", "ETIMEDOUT"}, {ok, msg, code})
       sem:release()
+      assert.is_true(sem:acquire(0.01))
+    end)
+
+    it("lose no permit to a waiter that was cancelled or timed out", function()
+      local sem = tide.semaphore(1)
+      assert.is_true(sem:acquire())
+      local gone = tide.spawn(function() return sem:acquire() end)
+      local timed_out = tide.spawn(function() return sem:acquire(0.005) end)
+      local next_in_line = tide.spawn(function() return sem:acquire() end)
+      tide.yield()
+      gone:cancel()
+      assert.same({true, nil, "timed out", "ETIMEDOUT"}, {timed_out:join(2)})
+      sem:release()
+      assert.is_true((next_in_line:join(2)))
+      sem:release() -- next_in_line is done with it
       assert.is_true(sem:acquire(0.01))
     end)
 

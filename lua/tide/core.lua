@@ -29,10 +29,12 @@ local stderr = io.stderr
 local ffi = require "ffi"
 local H = ffi.cast("void *", C.host) -- a cdata pointer: the JIT can pass it
 local function cfn(name, sig) return ffi.cast(sig, C.ffi[name]) end
-local lt_start = cfn("lt_start", "int32_t (*)(void *, int32_t, double, int32_t, int32_t)")
+local lt_start_at = cfn("lt_start_at", "int32_t (*)(void *, int32_t, double, int32_t)")
 local lt_stop = cfn("lt_stop", "void (*)(void *, int32_t)")
-local lt_ref = cfn("lt_ref", "void (*)(void *, int32_t, int32_t)")
 local lt_pop = cfn("lt_pop", "int32_t (*)(void *)")
+local lt_next = cfn("lt_next", "double (*)(void *)")
+local lt_clock = cfn("lt_clock", "double (*)(void *)")
+local lt_cached = cfn("lt_cached", "double (*)(void *)")
 local lt_now = cfn("lt_now", "double (*)(void *)")
 local imm_set = cfn("imm_set", "void (*)(void *, int32_t, int32_t)")
 local close_arm = cfn("close_arm", "void (*)(void *)")
@@ -222,7 +224,7 @@ end
 -- Parks the task until wake(); returns what wake() was given.
 local function wait_end(t, timeout)
   t.state = "waiting"
-  if timeout then arm(task_timer(t), timeout, 0) end
+  if timeout then arm(task_timer(t), timeout) end
   local a, b, c = yield(PARK)
   if a == CANCEL then raise_cancel(t) end
   return a, b, c
@@ -263,17 +265,17 @@ function finish(co, ok, ...)
   t.co = nil
   if t.timer then t.timer:stop() end
   finish_results(t, ok, ...)
-  local j = t.joiners
-  if t.main and t.state ~= "done" then
-    main_failed(t.err)
-  elseif t.state == "failed" and not j then
-    report(t.err, t)
-  end
+  local j, joined = t.joiners, false
   if j then
     t.joiners = nil
     for i = 1, #j, 2 do
-      if is_live(j[i], j[i + 1]) then wake(j[i], true) end
+      if is_live(j[i], j[i + 1]) then wake(j[i], true); joined = true end
     end
+  end
+  if t.main and t.state ~= "done" then
+    main_failed(t.err)
+  elseif t.state == "failed" and not joined then
+    report(t.err, t) -- nobody waits for it (a joiner may have given up)
   end
 end
 
@@ -310,7 +312,7 @@ end
 local function call_cb(cb)
   local n = cb[3]
   if n == 0 then return cb[1]() end
-  return cb[1](unpack(cb, 4, n + 3))
+  return cb[1](unpack(cb, 5, n + 4))
 end
 
 local function batch(next_job)
@@ -349,11 +351,12 @@ local function run_batch(next_job)
 end
 
 local draining = false
+local only_callbacks = false -- exiting: close callbacks run, no task does
 
 function drain()
   if draining then return end
   draining = true
-  while rq_head <= rq_tail and not exiting do
+  while rq_head <= rq_tail and not exiting and not only_callbacks do
     local h = rq_head
     local x, a, b, c = rq[h], rq[h + 1], rq[h + 2], rq[h + 3]
     rq[h], rq[h + 1], rq[h + 2], rq[h + 3] = nil, nil, nil, nil
@@ -399,121 +402,296 @@ local function start(fn, main)
 end
 
 -- timers ------------------------------------------------------------------------
--- A timer is {fn, slot, nargs, args...} with the Timer metatable; slot is
--- its number in ltimer.c while armed, else 0. tslots maps armed slots back.
+-- Every callback object (timer, immediate, close callback) is an array
+-- {fn, state, nargs, extra, args...}, with no hash part: one allocation.
+-- For a timer, state is its place in its list while armed (else 0) and
+-- extra its delay in seconds. `every` timers have the Every metatable,
+-- with the same methods, and remember their list in .list.
+--
+-- Timers of one delay wait in one FIFO list, as in Node: deadlines come
+-- from the current clock, so appending keeps a list sorted, and starting a
+-- timer costs no call into C. ltimer.c holds one C timer per list, armed
+-- at the list's first deadline; the C timer structure orders the lists.
+-- A stopped timer leaves a hole (false) in its list, skipped when reached,
+-- and the list is compacted when holes outnumber timers.
+--
+-- Deadlines are nanoseconds since the host started, as doubles (exact for
+-- 104 days, and still ordered after). A timer always waits at least 1 ns,
+-- so one started in the timers phase is never due in the same pass.
 
 local Timer = {}
 Timer.__index = Timer
-local tslots = {}
+local Every = {__index = Timer}
+local lists = {}  -- delay -> its shared list
+local cslots = {} -- C timer slot -> list
+local floor = math.floor
 
-local function next_timer()
-  local id = lt_pop(H)
-  if id == 0 then return nil end
-  if id > 0 then return tslots[id] end
-  id = -id
-  local tm = tslots[id]
-  tslots[id] = nil
+local function ns(s)
+  if s > 1e9 then s = 1e9 end
+  local n = floor(s * 1e9 + 0.5)
+  return n < 1 and 1 or n
+end
+
+local function new_list(key)
+  return {key = key, ts = {}, ds = {}, head = 1, tail = 0, live = 0,
+          refd = 0, cid = 0, holes = 0}
+end
+
+-- Keeps the list's C timer at its first live deadline, referenced while
+-- a referenced timer waits in it; lets the list go when it is empty.
+local function list_sync(L)
+  local ts, ds, h, t = L.ts, L.ds, L.head, L.tail
+  while h <= t and not ts[h] do
+    ts[h], ds[h] = nil, nil
+    h = h + 1
+    L.holes = L.holes - 1
+  end
+  L.head = h
+  if h > t then
+    if L.cid ~= 0 then
+      lt_stop(H, L.cid)
+      cslots[L.cid] = nil
+      L.cid = 0
+    end
+    if L.key and lists[L.key] == L then lists[L.key] = nil end
+    L.head, L.tail, L.holes = 1, 0, 0
+    return
+  end
+  local id = lt_start_at(H, L.cid, ds[h], L.refd > 0 and 1 or 0)
+  if id < 0 then error("not enough memory", 0) end
+  L.cid = id
+  cslots[id] = L
+end
+
+local function list_of(tm)
+  return tm.list or lists[tm[4]]
+end
+
+-- Appends tm with deadline d to the list of key (its delay).
+local function add(tm, d, key)
+  local L = lists[key]
+  if not L then
+    L = new_list(key)
+    lists[key] = L
+  elseif L.tail >= L.head and L.ds[L.tail] > d then
+    L = new_list(false) -- an `every` beat out of order: a list of its own
+  end
+  local n = L.tail + 1
+  L.ts[n], L.ds[n], L.tail = tm, d, n
+  tm[2] = n
+  local live = L.live + 1
+  L.live = live
+  if getmetatable(tm) == Every then tm.list = L end
+  if tm.noref then
+    if live == 1 then list_sync(L) end
+  else
+    local refd = L.refd + 1
+    L.refd = refd
+    if live == 1 or refd == 1 then list_sync(L) end
+  end
+end
+
+-- Takes tm out of its list (it leaves a hole).
+local function remove(tm)
+  local L = list_of(tm)
+  local pos = tm[2]
   tm[2] = 0
+  tm.list = nil
+  L.ts[pos] = false
+  L.live = L.live - 1
+  L.holes = L.holes + 1
+  local resync = L.live == 0
+  if not tm.noref then
+    L.refd = L.refd - 1
+    resync = resync or L.refd == 0
+  end
+  if resync then
+    list_sync(L)
+  elseif L.holes > L.live + 32 then -- compact
+    local ts, ds, nts, nds, n = L.ts, L.ds, {}, {}, 0
+    for i = L.head, L.tail do
+      local x = ts[i]
+      if x then
+        n = n + 1
+        nts[n], nds[n] = x, ds[i]
+        x[2] = n
+      end
+    end
+    L.ts, L.ds, L.head, L.tail, L.holes = nts, nds, 1, n, 0
+  end
+end
+
+function arm(tm, delay)
+  if tm[2] ~= 0 then remove(tm) end
+  tm[4] = delay
+  add(tm, lt_clock(H) + ns(delay), delay)
+end
+
+-- The timers phase: lt_pop gives the next list whose first deadline is
+-- due; its due timers run until one of another list (or a C timer) comes
+-- first, then the list's C timer moves to what remains.
+local cur, cur_now, cur_other, cur_ran = nil, 0, 0, 0
+
+-- Takes the due timer at the head of list L (the caller checked it).
+local function take(L, h, tm, d)
+  L.ts[h], L.ds[h] = nil, nil
+  L.head = h + 1
+  L.live = L.live - 1
+  if not tm.noref then L.refd = L.refd - 1 end
+  tm[2] = 0
+  if tm.list then -- every: the next beat, without drift
+    tm.list = nil
+    local iv = ns(tm[4])
+    local nd = d + iv
+    if nd <= cur_now then nd = nd + (floor((cur_now - nd) / iv) + 1) * iv end
+    add(tm, nd, tm[4])
+  end
+  cur_ran = cur_ran + 1
   return tm
 end
 
-local function run_timers() run_batch(next_timer) end
-
-function arm(tm, delay, repeat_)
-  local id = lt_start(H, tm[2], delay, repeat_, tm.noref and 0 or 1)
-  if id < 0 then
-    if tm[2] ~= 0 then tslots[tm[2]] = nil; tm[2] = 0 end
-    error("not enough memory", 3)
+-- The slow path of next_timer: skips holes, moves to the next due list.
+local function next_timer_slow()
+  while true do
+    local L = cur
+    if L then
+      local ts, ds = L.ts, L.ds
+      local h = L.head
+      while h <= L.tail do
+        local tm = ts[h]
+        if tm then
+          local d = ds[h]
+          if d > cur_now or d > cur_other then break end
+          return take(L, h, tm, d)
+        end
+        ts[h], ds[h] = nil, nil
+        h = h + 1
+        L.head = h
+        L.holes = L.holes - 1
+      end
+      cur = nil
+      list_sync(L)
+    end
+    local id = lt_pop(H)
+    if id == 0 then return nil end
+    L = cslots[id]
+    cslots[id] = nil
+    L.cid = 0
+    cur, cur_now, cur_other = L, lt_cached(H), lt_next(H)
+    if cur_other < 0 then cur_other = huge end
   end
-  tm[2] = id
-  tslots[id] = tm
+end
+
+-- Without a loop of its own, so that the JIT compiles it into the batch's.
+local function next_timer()
+  local L = cur
+  if L then
+    local h = L.head
+    local tm = L.ts[h]
+    if tm then
+      local d = L.ds[h]
+      if d <= cur_now and d <= cur_other then return take(L, h, tm, d) end
+    end
+  end
+  return next_timer_slow()
+end
+
+-- returns how many timers ran, for tide.stats()
+local function run_timers()
+  cur_ran = 0
+  run_batch(next_timer)
+  if cur then -- stopped early (tide.exit): keep the rest armed
+    local L = cur
+    cur = nil
+    list_sync(L)
+  end
+  return cur_ran
 end
 
 function new_timer(fn, arg)
-  return setmetatable({fn, 0, 1, arg}, Timer)
+  return setmetatable({fn, 0, 1, 0, arg}, Timer)
 end
 
-local function start_timer(fname, s, fn, repeat_, ...)
+local function start_timer(fname, s, fn, mt, ...)
   if type(s) ~= "number" then
     argerror(1, fname, "number expected, got " .. type(s))
   end
   if s ~= s or s == huge or s == -huge then
     argerror(1, fname, "seconds must be a finite number")
   end
-  if repeat_ == 1 and s <= 0 then
+  if mt == Every and s <= 0 then
     argerror(1, fname, "interval must be positive")
   end
   check_function(fn, 2, fname)
+  if s < 0 then s = 0 end
   local n = select("#", ...)
   local tm
-  if n == 0 then tm = setmetatable({fn, 0, 0}, Timer)
-  else tm = setmetatable({fn, 0, n, ...}, Timer) end
-  tm.delay, tm.every = s, repeat_ == 1 or nil
-  arm(tm, s, repeat_)
+  if n == 0 then tm = setmetatable({fn, 0, 0, s}, mt)
+  else tm = setmetatable({fn, 0, n, s, ...}, mt) end
+  add(tm, lt_clock(H) + ns(s), s)
   return tm
 end
 
-function tide.after(s, fn, ...) return start_timer("after", s, fn, 0, ...) end
-function tide.every(s, fn, ...) return start_timer("every", s, fn, 1, ...) end
+function tide.after(s, fn, ...) return start_timer("after", s, fn, Timer, ...) end
+function tide.every(s, fn, ...) return start_timer("every", s, fn, Every, ...) end
 
-local function check_timer(tm, fname)
-  if getmetatable(tm) ~= Timer then
+local function check_timer(tm, fname, open)
+  local mt = getmetatable(tm)
+  if mt ~= Timer and mt ~= Every then
     error(("bad argument #1 to '%s' (timer expected, got %s)"):format(
       fname, type(tm)), 3)
   end
-  if tm.closed then error("attempt to use a closed timer", 3) end
+  if open and tm.closed then error("attempt to use a closed timer", 3) end
 end
 
 function Timer:stop()
-  local id = self[2]
-  if id ~= 0 then
-    lt_stop(H, id)
-    tslots[id] = nil
-    self[2] = 0
-  end
+  check_timer(self, "stop")
+  if self[2] ~= 0 then remove(self) end
 end
 
 -- again([s]): restart from now, with a new delay (interval) if given
 function Timer:again(s)
-  check_timer(self, "again")
-  local d = self.delay
+  check_timer(self, "again", true)
+  local d = self[4]
   if s ~= nil then
     d = check_seconds(s, 2, "again")
-    if self.every and d <= 0 then
+    if getmetatable(self) == Every and d <= 0 then
       argerror(2, "again", "interval must be positive")
     end
-    self.delay = d
   end
-  arm(self, d or 0, self.every and 1 or 0)
+  arm(self, d)
 end
 
-function Timer:active() return self[2] ~= 0 end
-
-function Timer:ref()
-  check_timer(self, "ref")
-  self.noref = nil
-  if self[2] ~= 0 then lt_ref(H, self[2], 1) end
-  return self
+function Timer:active()
+  check_timer(self, "active")
+  return self[2] ~= 0
 end
 
-function Timer:unref()
-  check_timer(self, "unref")
-  self.noref = true
-  if self[2] ~= 0 then lt_ref(H, self[2], 0) end
-  return self
+local function timer_ref(tm, want)
+  if tm[2] ~= 0 and (not tm.noref) ~= want then
+    local L = list_of(tm)
+    L.refd = L.refd + (want and 1 or -1)
+    if L.refd == (want and 1 or 0) then list_sync(L) end
+  end
+  tm.noref = (not want) or nil
+  return tm
 end
+
+function Timer:ref() check_timer(self, "ref", true); return timer_ref(self, true) end
+function Timer:unref() check_timer(self, "unref", true); return timer_ref(self, false) end
 
 function Timer:__tostring()
   return ("tide.timer (%s)"):format(self.closed and "closed" or
     self[2] ~= 0 and "active" or "idle")
 end
+Every.__tostring = Timer.__tostring
 
--- close callbacks: {fn, 0, 1, handle}, run in the close phase
+-- close callbacks: {fn, 0, 1, false, handle}, run in the close phase
 local cq, cq_head, cq_tail = {}, 1, 0
 
 local function close_later(fn, handle)
   cq_tail = cq_tail + 1
-  cq[cq_tail] = {fn, 0, 1, handle}
+  cq[cq_tail] = {fn, 0, 1, false, handle}
   if cq_tail == cq_head then close_arm(H) end
 end
 
@@ -533,11 +711,12 @@ end
 -- returns how many callbacks ran, for tide.stats()
 local function run_closing()
   cq_last, cq_ran = cq_tail, 0
-  -- close callbacks run even while exiting: tide.exit promises them
+  -- close callbacks run even while exiting (tide.exit promises them), but
+  -- then nothing they wake runs
   local was = exiting
-  exiting = false
+  exiting, only_callbacks = false, was
   run_batch(next_close)
-  exiting = was
+  exiting, only_callbacks = was, false
   if cq_head > cq_tail then cq_head, cq_tail = 1, 0
   else close_arm(H) end
   return cq_ran
@@ -553,7 +732,7 @@ function Timer:close(fn)
 end
 
 -- immediates ---------------------------------------------------------------------
--- {fn, queued, nargs, args...}; the check phase runs those queued before it
+-- {fn, queued, nargs, false, args...}; the check phase runs those queued before it
 -- started, FIFO.
 
 local Immediate = {}
@@ -608,8 +787,8 @@ function tide.immediate(fn, ...)
   check_function(fn, 1, "immediate")
   local n = select("#", ...)
   local m
-  if n == 0 then m = setmetatable({fn, true, 0}, Immediate)
-  else m = setmetatable({fn, true, n, ...}, Immediate) end
+  if n == 0 then m = setmetatable({fn, true, 0, false}, Immediate)
+  else m = setmetatable({fn, true, n, false, ...}, Immediate) end
   iq_tail = iq_tail + 1
   iq[iq_tail] = m
   iq_live, iq_refd = iq_live + 1, iq_refd + 1
@@ -674,7 +853,7 @@ function tide.sleep(s)
   s = check_seconds(s, 1, "sleep")
   local t = current_task("sleep")
   wait_begin(t)
-  arm(task_timer(t), s, 0)
+  arm(task_timer(t), s)
   wait_end(t)
 end
 
@@ -713,7 +892,7 @@ function tide.timeout(s, fn, ...)
   local t = current_task("timeout")
   local scope = {task = t, token = {}, active = true}
   scope.timer = new_timer(timeout_fire, scope)
-  arm(scope.timer, s, 0)
+  arm(scope.timer, s)
   return timeout_result(scope, pcall(fn, ...))
 end
 
@@ -742,6 +921,7 @@ end
 function tide.stats()
   local s = C.stats()
   s.tasks = ntasks
+  s.immediates = iq_live
   return s
 end
 
@@ -947,7 +1127,9 @@ function Channel:recv(timeout)
   local t = current_task("recv")
   local s = wait_begin(t)
   q_push(self.recvq, t, s)
-  return wait_end(t, timeout)
+  local v, msg, code = wait_end(t, timeout)
+  if v == nil then return nil, msg, code end
+  return v
 end
 
 function Channel:close()
@@ -966,7 +1148,8 @@ function Channel:close()
   end
 end
 
-function Channel:__len() return self.n end
+-- how many values are buffered (LuaJIT ignores __len on tables)
+function Channel:count() return self.n end
 
 -- semaphores ------------------------------------------------------------------------
 
@@ -996,7 +1179,9 @@ function Semaphore:acquire(timeout)
   end
   local t = current_task("acquire")
   q_push(self.q, t, wait_begin(t))
-  return wait_end(t, timeout)
+  local ok, msg, code = wait_end(t, timeout)
+  if not ok then return nil, msg, code end
+  return true
 end
 
 function Semaphore:release()
@@ -1027,7 +1212,9 @@ function Cond:wait(timeout)
   timeout = check_seconds(timeout, 2, "wait", true)
   local t = current_task("wait")
   q_push(self.q, t, wait_begin(t))
-  return wait_end(t, timeout)
+  local ok, msg, code = wait_end(t, timeout)
+  if not ok then return nil, msg, code end
+  return true
 end
 
 function Cond:signal()
