@@ -50,7 +50,9 @@ Task.__index = Task
 local Cancelled = {}
 
 local co_task = {}        -- runner coroutine -> the task it runs
-local is_runner = setmetatable({}, {__mode = "k"})
+local cur_co = nil        -- the runner the scheduler resumed, nil in the main state
+local user_depth = 0      -- how deep in coroutines the script made itself
+local park_timeout = nil  -- the timeout of the wait being parked
 local ntasks = 0          -- live tasks (started or not, not finished)
 local last_id = 0         -- tasks are numbered in creation order
 local exiting = false
@@ -96,19 +98,34 @@ end
 local pool, npool = {}, 0
 local MAX_POOL = 256
 local finish
+local new_timer, arm, disarm -- defined with the timers below
 
--- The error handler of every job: keep the traceback of where it failed.
-local function on_fail(e)
+-- A job that raises ends its runner's coroutine (there is no pcall in the
+-- way, so a parked task's stack stays small: LuaJIT gives a coroutine
+-- about 40 slots and doubles them when a call needs more). The scheduler
+-- sees the dead coroutine and takes the message with its traceback here.
+local function failure(co, e)
   if getmetatable(e) == Cancelled then return e end
   if type(e) == "table" or type(e) == "userdata" then return e end
   if e == nil then e = "(error object is a nil value)" end
-  -- the frames below the task's own function are the scheduler's
-  return (traceback(tostring(e), 2):gsub("\n%s*%[C%]: in function 'xpcall'.*$", ""))
+  -- the frames under the job's own function are the scheduler's
+  return (traceback(co, tostring(e)):gsub("\n[^\n]*lua/tide/core%.lua:[^\n]*$", ""))
 end
 
-local function runner_loop(fn, ...)
-  finish(running(), xpcall(fn, on_fail, ...))
-  return runner_loop(yield(DONE))
+-- A runner runs job(arg) after job(arg) (arg nil: job()).
+local function runner_body(job, arg)
+  while true do
+    if arg == nil then finish(cur_co, true, job())
+    else finish(cur_co, true, job(arg)) end
+    job, arg = yield(DONE)
+  end
+end
+
+-- the job of a task spawned with arguments
+local function call_task(t)
+  local args = t.args
+  t.args = nil
+  return t.fn(unpack(args, 1, args.n))
 end
 
 local function take_runner()
@@ -118,21 +135,35 @@ local function take_runner()
     npool = npool - 1
     return co
   end
-  local co = coroutine_create(runner_loop)
-  is_runner[co] = true
-  return co
+  return coroutine_create(runner_body)
+end
+
+-- Resumes runner co, which is then the current one.
+local function run_in(co, a, b, c)
+  local prev = cur_co
+  cur_co = co
+  local ok, r = resume(co, a, b, c)
+  cur_co = prev
+  return ok, r
 end
 
 local function after_resume(co, ok, r)
-  if r == DONE then
+  if r == PARK then
+    -- A wait's timer is armed here, in the main state, after the task
+    -- parked: calls into C (the clock) from deep in a task's stack would
+    -- make LuaJIT double that coroutine's stack.
+    local timeout = park_timeout
+    if timeout then
+      park_timeout = nil
+      arm(co_task[co], timeout) -- a task is its own wait's timer
+    end
+  elseif r == DONE then
     if npool < MAX_POOL then
       npool = npool + 1
       pool[npool] = co
     end
-  elseif not ok then
-    -- the runner itself failed (out of memory in finish, say)
-    co_task[co] = nil
-    stderr:write("tide: internal error: ", tostring(r), "\n")
+  elseif not ok then -- the job raised: its coroutine is dead
+    finish(co, false, failure(co, r))
   end
 end
 
@@ -153,58 +184,118 @@ end
 
 -- tasks -----------------------------------------------------------------------
 
-local function adopt(co)
+-- A task is also the timer of its own waits (see the timers below): its
+-- array part is {on_timer, slot, 1, delay, itself}. Its fields are all
+-- made at once, so the hash part is never resized.
+local on_timer
+
+local function new_task(fn, co, state)
   last_id = last_id + 1
-  local t = setmetatable({co = co, state = "running", wseq = 0, id = last_id},
+  local t = setmetatable({on_timer, 0, 1, 0, false, fn = fn, co = co,
+                          state = state, wseq = 0, id = last_id, wq = false},
                          Task)
+  t[5] = t
+  return t
+end
+
+local function adopt(co)
+  local t = new_task(false, co, "running")
   co_task[co] = t
   ntasks = ntasks + 1
   return t
 end
 
--- The task the caller runs in; raises when called outside a task.
-local function current_task(fname)
-  local co = running()
-  local t = co and co_task[co]
-  if t then return t end
-  if co and is_runner[co] then return adopt(co) end
-  error(co and ("'" .. fname .. "' cannot wait inside a coroutine created" ..
+local function not_in_task(in_user_co, fname)
+  error(in_user_co and ("'" .. fname .. "' cannot wait inside a coroutine created" ..
                 " with coroutine.create or wrap; use tide.spawn")
-           or ("'" .. fname .. "' must be called inside a task"), 3)
+           or ("'" .. fname .. "' must be called inside a task"), 4)
+end
+
+-- The task the caller runs in; raises when called outside a task. (The
+-- error is built elsewhere: this frame lies under every parked task.)
+local function current_task(fname)
+  local co = cur_co
+  if co and user_depth == 0 then return co_task[co] or adopt(co) end
+  not_in_task(co and user_depth > 0, fname)
 end
 
 local function wake(t, a, b, c)
-  t.cleanup = nil
+  t.cleanup, t.sending, t.wq = nil, nil, nil
   t.wseq = t.wseq + 1 -- entries of this wait in any queue are now stale
   t.state = "ready"
-  local tm = t.timer
-  if tm then tm:stop() end
+  if t[2] ~= 0 then disarm(t) end -- its wait's timer
   push_ready(t, a, b, c)
+end
+
+local function is_live(t, s) return t.state == "waiting" and t.wseq == s end
+
+-- wait queues: (task, wait sequence) pairs; an entry whose wait ended
+-- (timed out, cancelled) is stale and skipped.
+
+local function q_push(q, t, s)
+  local n = q.t + 2
+  q[n - 1], q[n], q.t = t, s, n
+end
+
+local function q_pop(q) -- the first live waiter, or nil
+  local h = q.h
+  while h < q.t do
+    local t, s = q[h], q[h + 1]
+    q[h], q[h + 1] = nil, nil
+    h = h + 2
+    if is_live(t, s) then
+      if h > q.t then q.h, q.t, q.stale = 1, 0, 0 else q.h = h end
+      return t, s
+    end
+  end
+  q.h, q.t, q.stale = 1, 0, 0
+  return nil
+end
+
+local function new_queue() return {h = 1, t = 0, stale = 0} end
+
+-- The entry of t's wait leaves queue q: taken back when it is the last
+-- one, else left stale and swept once stale entries are many.
+local function q_leave(q, t)
+  local n = q.t
+  if q[n - 1] == t and q[n] == t.wseq then
+    q[n - 1], q[n] = nil, nil
+    if n - 2 < q.h then q.h, q.t, q.stale = 1, 0, 0 else q.t = n - 2 end
+    return
+  end
+  local stale = q.stale + 1
+  if stale <= 32 or stale * 4 <= n - q.h + 1 then
+    q.stale = stale
+    return
+  end
+  local m = 0
+  for i = q.h, n, 2 do
+    local x, xs = q[i], q[i + 1]
+    q[i], q[i + 1] = nil, nil
+    if x ~= t and is_live(x, xs) then
+      q[m + 1], q[m + 2] = x, xs
+      m = m + 2
+    end
+  end
+  q.h, q.t, q.stale = 1, m, 0
 end
 
 -- A wait that ends early (timeout, cancel) closes what t.cleanup holds.
 local function abandon(t)
   local c = t.cleanup
   if c then t.cleanup = nil; c:close() end
+  local q = t.wq
+  if q then t.wq = nil; q_leave(q, t) end
 end
 
-local function on_timer(t)
+function on_timer(t)
   if t.state == "waiting" then
     abandon(t)
     wake(t, nil, "timed out", "ETIMEDOUT")
   end
 end
 
-local new_timer, arm -- defined with the timers below
 
-local function task_timer(t)
-  local tm = t.timer
-  if not tm then
-    tm = new_timer(on_timer, t)
-    t.timer = tm
-  end
-  return tm
-end
 
 local function raise_cancel(t)
   local e = t.cancel_err
@@ -212,25 +303,29 @@ local function raise_cancel(t)
   error(e, 0)
 end
 
--- Begins a wait: returns the sequence number that marks queue entries of
--- this wait as live (see is_live).
-local function wait_begin(t)
+
+
+-- The common wait, in one frame (callers tail-call it: a parked task's
+-- stack stays small): park the current task, in queue q if given, until
+-- wake(); returns what wake() was given, without trailing nils.
+local function park(q, timeout, fname, sending)
+  local t = current_task(fname)
   if t.cancel_err then raise_cancel(t) end
   local s = t.wseq + 1
   t.wseq = s
-  return s
-end
-
--- Parks the task until wake(); returns what wake() was given.
-local function wait_end(t, timeout)
+  if q then
+    local n = q.t + 2
+    q[n - 1], q[n], q.t = t, s, n
+    t.wq = q
+  end
+  if sending ~= nil then t.sending = sending end
   t.state = "waiting"
-  if timeout then arm(task_timer(t), timeout) end
+  park_timeout = timeout -- armed by after_resume
   local a, b, c = yield(PARK)
   if a == CANCEL then raise_cancel(t) end
+  if b == nil then return a end
   return a, b, c
 end
-
-local function is_live(t, s) return t.state == "waiting" and t.wseq == s end
 
 local function finish_results(t, ok, ...)
   if ok then
@@ -254,6 +349,7 @@ local function main_failed(e)
   C.exit(1)
 end
 
+-- A job of runner co ended: ok and its results, or false and the error.
 function finish(co, ok, ...)
   local t = co_task[co]
   if not t then -- a callback that never waited
@@ -263,13 +359,17 @@ function finish(co, ok, ...)
   co_task[co] = nil
   ntasks = ntasks - 1
   t.co = nil
-  if t.timer then t.timer:stop() end
+  if t[2] ~= 0 then disarm(t) end
+  t.fn = nil
   finish_results(t, ok, ...)
   local j, joined = t.joiners, false
   if j then
     t.joiners = nil
-    for i = 1, #j, 2 do
-      if is_live(j[i], j[i + 1]) then wake(j[i], true); joined = true end
+    while true do
+      local w = q_pop(j)
+      if not w then break end
+      wake(w, true)
+      joined = true
     end
   end
   if t.main and t.state ~= "done" then
@@ -277,6 +377,12 @@ function finish(co, ok, ...)
   elseif t.state == "failed" and not joined then
     report(t.err, t) -- nobody waits for it (a joiner may have given up)
   end
+end
+
+local function call_cb(cb)
+  local n = cb[3]
+  if n == 0 then return cb[1]() end
+  return cb[1](unpack(cb, 5, n + 4))
 end
 
 local function resume_task(t, a, b, c)
@@ -287,46 +393,33 @@ local function resume_task(t, a, b, c)
     co = take_runner()
     t.co = co
     co_task[co] = t
-    local fn, args = t.fn, t.args
-    t.fn, t.args = nil, nil
-    if args then
-      ok, r = resume(co, fn, unpack(args, 1, args.n))
-    else
-      ok, r = resume(co, fn)
-    end
+    if t.args then ok, r = run_in(co, call_task, t)
+    else ok, r = run_in(co, t.fn) end
   else
-    ok, r = resume(co, a, b, c)
+    ok, r = run_in(co, a, b, c)
   end
   after_resume(co, ok, r)
 end
 
 local function run_job(job)
   local co = take_runner()
-  after_resume(co, resume(co, unpack(job, 1, job.n)))
+  after_resume(co, run_in(co, call_cb, job))
 end
 
 -- A batch runs callbacks from next_job() one after another in one runner,
 -- without a resume per callback. When a callback waits, its runner becomes
 -- its task and the batch goes on in another runner (run_batch); when that
 -- callback ends later, its runner leaves the batch.
-local function call_cb(cb)
-  local n = cb[3]
-  if n == 0 then return cb[1]() end
-  return cb[1](unpack(cb, 5, n + 4))
-end
-
 local function batch(next_job)
-  local co = running()
+  local co = cur_co
   while not exiting do
     local cb = next_job()
     if cb == nil then return end
-    local ok, e = xpcall(call_cb, on_fail, cb)
+    call_cb(cb) -- if it raises, this runner ends and run_batch goes on
     local t = co_task[co]
     if t then -- it became a task (it waited, or asked for tide.current())
-      finish(co, ok, e)
+      finish(co, true)
       if t.detached then return end -- it waited: the batch went on elsewhere
-    elseif not ok then
-      report(e, nil)
     end
     if rq_head <= rq_tail then yield(DRAIN) end
   end
@@ -337,14 +430,16 @@ local drain
 local function run_batch(next_job)
   while not exiting do
     local co = take_runner()
-    local ok, r = resume(co, batch, next_job)
-    while r == DRAIN do
+    local ok, r = run_in(co, batch, next_job)
+    while ok and r == DRAIN do
       drain()
-      ok, r = resume(co)
+      ok, r = run_in(co)
     end
     after_resume(co, ok, r)
-    if r ~= PARK then break end
-    co_task[co].detached = true
+    if ok then
+      if r ~= PARK then break end -- the batch is over
+      co_task[co].detached = true
+    end
     drain() -- between this callback and the next
   end
   drain()
@@ -372,7 +467,7 @@ end
 -- fn(...) in a runner: a timer, immediate or close callback
 local function run_task(fn, ...)
   local co = take_runner()
-  after_resume(co, resume(co, fn, ...))
+  after_resume(co, run_in(co, call_cb, {fn, 0, select("#", ...), false, ...}))
   drain()
 end
 
@@ -385,9 +480,7 @@ end
 
 local function spawn(fn, ...)
   local n = select("#", ...)
-  last_id = last_id + 1
-  local t = setmetatable({fn = fn, state = "ready", wseq = 0, id = last_id},
-                         Task)
+  local t = new_task(fn, false, "ready")
   if n > 0 then t.args = {n = n, ...} end
   ntasks = ntasks + 1
   push_ready(t)
@@ -520,6 +613,8 @@ local function remove(tm)
     L.ts, L.ds, L.head, L.tail, L.holes = nts, nds, 1, n, 0
   end
 end
+
+disarm = remove
 
 function arm(tm, delay)
   if tm[2] ~= 0 then remove(tm) end
@@ -831,6 +926,32 @@ function Immediate:unref() check_imm(self, "unref"); return imm_ref(self, false)
 C.set_runners(run_task, run_direct, start, run_timers, run_immediates,
               run_closing)
 
+-- Coroutines a script makes run inside its task. A wait inside one cannot
+-- park the task, so it raises a clear error; user_depth tells waits.
+local function leave(...)
+  user_depth = user_depth - 1
+  return ...
+end
+
+function coroutine.resume(co, ...)
+  user_depth = user_depth + 1
+  return leave(resume(co, ...))
+end
+
+local function leave_wrap(ok, ...)
+  user_depth = user_depth - 1
+  if ok then return ... end
+  error((...), 0)
+end
+
+function coroutine.wrap(f)
+  local co = coroutine_create(f)
+  return function(...)
+    user_depth = user_depth + 1
+    return leave_wrap(resume(co, ...))
+  end
+end
+
 -- the core API ------------------------------------------------------------------
 
 function tide.spawn(fn, ...)
@@ -840,26 +961,22 @@ end
 
 function tide.next(fn, ...)
   check_function(fn, 1, "next")
-  push_ready({n = select("#", ...) + 1, fn, ...})
+  push_ready({fn, 0, select("#", ...), false, ...})
 end
 
 function tide.current()
-  local co = running()
+  local co = cur_co
   if not co then return nil end
-  return co_task[co] or (is_runner[co] and adopt(co)) or nil
+  return co_task[co] or adopt(co)
 end
 
 function tide.sleep(s)
-  s = check_seconds(s, 1, "sleep")
-  local t = current_task("sleep")
-  wait_begin(t)
-  arm(task_timer(t), s)
-  wait_end(t)
+  park(nil, check_seconds(s, 1, "sleep"), "sleep")
 end
 
 function tide.yield()
   local t = current_task("yield")
-  wait_begin(t)
+  if t.cancel_err then raise_cancel(t) end
   t.state = "waiting"
   wake(t)
   local a = yield(PARK)
@@ -908,8 +1025,8 @@ function tide.exit(code)
   end
   C.exit(code)
   exiting = true
-  local co = running()
-  if co and is_runner[co] then
+  local co = cur_co
+  if co and user_depth == 0 then
     -- park for good: the loop stops after this callback
     local t = co_task[co] or adopt(co)
     t.state = "waiting"
@@ -932,10 +1049,9 @@ end
 -- Waits until descriptor fd is readable (used by the REPL).
 function tide._wait_readable(fd, timeout)
   local t = current_task("_wait_readable")
-  wait_begin(t)
   local w = C.when_readable(fd, on_readable, t)
   t.cleanup = w
-  local ok, msg, code = wait_end(t, timeout)
+  local ok, msg, code = park(nil, timeout, "_wait_readable")
   w:close()
   return ok, msg, code
 end
@@ -973,12 +1089,9 @@ function Task:join(timeout)
   if not finished[self.state] then
     local me = current_task("join")
     if me == self then error("a task cannot join itself", 2) end
-    local s = wait_begin(me)
     local j = self.joiners
-    if not j then j = {}; self.joiners = j end
-    j[#j + 1] = me
-    j[#j + 1] = s
-    local ok, msg, code = wait_end(me, timeout)
+    if not j then j = new_queue(); self.joiners = j end
+    local ok, msg, code = park(j, timeout, "join")
     if not ok then return nil, msg, code end
   end
   return task_results(self)
@@ -1000,8 +1113,10 @@ function cancel(t, reason, token)
     local j = t.joiners
     t.joiners = nil
     if j then
-      for i = 1, #j, 2 do
-        if is_live(j[i], j[i + 1]) then wake(j[i], true) end
+      while true do
+        local w = q_pop(j)
+        if not w then break end
+        wake(w, true)
       end
     end
   else
@@ -1032,30 +1147,7 @@ function Cancelled:__tostring()
 end
 
 -- channels ----------------------------------------------------------------------------
--- Wait queues hold (task, wait sequence) pairs; an entry whose wait ended
--- (timed out, cancelled) is stale and skipped.
 
-local function q_push(q, t, s)
-  local n = q.t + 2
-  q[n - 1], q[n], q.t = t, s, n
-end
-
-local function q_pop(q) -- the first live waiter, or nil
-  local h = q.h
-  while h < q.t do
-    local t, s = q[h], q[h + 1]
-    q[h], q[h + 1] = nil, nil
-    h = h + 2
-    if is_live(t, s) then
-      if h > q.t then q.h, q.t = 1, 0 else q.h = h end
-      return t, s
-    end
-  end
-  q.h, q.t = 1, 0
-  return nil
-end
-
-local function new_queue() return {h = 1, t = 0} end
 
 local Channel = {}
 Channel.__index = Channel
@@ -1089,14 +1181,7 @@ function Channel:send(v, timeout)
     self.n = self.n + 1
     return true
   end
-  local t = current_task("send")
-  local s = wait_begin(t)
-  q_push(self.sendq, t, s)
-  t.sending = v
-  local ok, msg, code = wait_end(t, timeout)
-  t.sending = nil
-  if ok then return true end
-  return nil, msg, code
+  return park(self.sendq, timeout, "send", v)
 end
 
 function Channel:recv(timeout)
@@ -1111,7 +1196,7 @@ function Channel:recv(timeout)
     if st then
       self.buf[self.bh + self.n] = st.sending
       self.n = self.n + 1
-      wake(st, true)
+      wake(st, true) -- (wake clears st.sending)
     elseif self.n == 0 then
       self.bh = 1
     end
@@ -1124,12 +1209,7 @@ function Channel:recv(timeout)
     return v
   end
   if self.closed then return nil, "closed", "EPIPE" end
-  local t = current_task("recv")
-  local s = wait_begin(t)
-  q_push(self.recvq, t, s)
-  local v, msg, code = wait_end(t, timeout)
-  if v == nil then return nil, msg, code end
-  return v
+  return park(self.recvq, timeout, "recv")
 end
 
 function Channel:close()
@@ -1177,11 +1257,7 @@ function Semaphore:acquire(timeout)
     self.count = self.count - 1
     return true
   end
-  local t = current_task("acquire")
-  q_push(self.q, t, wait_begin(t))
-  local ok, msg, code = wait_end(t, timeout)
-  if not ok then return nil, msg, code end
-  return true
+  return park(self.q, timeout, "acquire")
 end
 
 function Semaphore:release()
@@ -1209,12 +1285,7 @@ end
 
 function Cond:wait(timeout)
   check_cond(self, "wait")
-  timeout = check_seconds(timeout, 2, "wait", true)
-  local t = current_task("wait")
-  q_push(self.q, t, wait_begin(t))
-  local ok, msg, code = wait_end(t, timeout)
-  if not ok then return nil, msg, code end
-  return true
+  return park(self.q, check_seconds(timeout, 2, "wait", true), "wait")
 end
 
 function Cond:signal()
