@@ -85,6 +85,40 @@ static int l_readable_close(lua_State *L) {
   return 0;
 }
 
+/* --- ltimer.c for interpreted code ---------------------------------------
+ * The FFI is fast from compiled code and slow from the interpreter, where
+ * the scheduler's own paths run (coroutine switches end traces): these are
+ * the same calls through the Lua C API. */
+
+/* C.pop() -> slot, cached clock, next deadline (see tide__lt_pop) */
+static int l_lt_pop(lua_State *L) {
+  tide_host *h = HOST(L);
+  lua_pushinteger(L, tide__lt_pop(h));
+  lua_pushnumber(L, tide__lt_cached(h));
+  lua_pushnumber(L, tide__lt_next(h));
+  return 3;
+}
+
+static int l_lt_start_at(lua_State *L) {
+  lua_pushinteger(L, tide__lt_start_at(HOST(L), (int32_t)lua_tointeger(L, 1),
+                                       lua_tonumber(L, 2),
+                                       lua_toboolean(L, 3)));
+  return 1;
+}
+
+static int l_lt_stop(lua_State *L) {
+  tide__lt_stop(HOST(L), (int32_t)lua_tointeger(L, 1));
+  return 0;
+}
+
+/* C.clock(cached) -> the clock now, or the iteration's cached one */
+static int l_lt_clock(lua_State *L) {
+  tide_host *h = HOST(L);
+  lua_pushnumber(L, lua_toboolean(L, 1) ? tide__lt_cached(h)
+                                        : tide__lt_clock(h));
+  return 1;
+}
+
 /* --- clocks, phase, stats, exit ------------------------------------------ */
 
 static int l_hrtime(lua_State *L) {
@@ -187,6 +221,8 @@ int tide__open_core(lua_State *L) {
       {"hrtime", l_hrtime},   {"time", l_time},
       {"phase", l_phase}, {"stats", l_stats},     {"exit", l_exit},
       {"set_runners", l_set_runners}, {"when_readable", l_when_readable},
+      {"pop", l_lt_pop}, {"start_at", l_lt_start_at}, {"stop", l_lt_stop},
+      {"clock", l_lt_clock},
       {NULL, NULL}};
   /* ltimer.c's functions, called from Lua through the FFI */
   static const struct { const char *name; void *fn; } ffi[] = {

@@ -29,13 +29,11 @@ local stderr = io.stderr
 local ffi = require "ffi"
 local H = ffi.cast("void *", C.host) -- a cdata pointer: the JIT can pass it
 local function cfn(name, sig) return ffi.cast(sig, C.ffi[name]) end
-local lt_start_at = cfn("lt_start_at", "int32_t (*)(void *, int32_t, double, int32_t)")
-local lt_stop = cfn("lt_stop", "void (*)(void *, int32_t)")
-local lt_pop = cfn("lt_pop", "int32_t (*)(void *)")
-local lt_next = cfn("lt_next", "double (*)(void *)")
 local lt_clock = cfn("lt_clock", "double (*)(void *)")
 local lt_cached = cfn("lt_cached", "double (*)(void *)")
 local lt_now = cfn("lt_now", "double (*)(void *)")
+-- the same through the Lua C API, for the scheduler's interpreted paths
+local C_pop, C_start_at, C_stop, C_clock = C.pop, C.start_at, C.stop, C.clock
 local imm_set = cfn("imm_set", "void (*)(void *, int32_t, int32_t)")
 local close_arm = cfn("close_arm", "void (*)(void *)")
 
@@ -542,7 +540,7 @@ local function list_sync(L)
   L.head = h
   if h > t then
     if L.cid ~= 0 then
-      lt_stop(H, L.cid)
+      C_stop(L.cid)
       cslots[L.cid] = nil
       L.cid = 0
     end
@@ -550,7 +548,7 @@ local function list_sync(L)
     L.head, L.tail, L.holes = 1, 0, 0
     return
   end
-  local id = lt_start_at(H, L.cid, ds[h], L.refd > 0 and 1 or 0)
+  local id = C_start_at(L.cid, ds[h], L.refd > 0)
   if id < 0 then error("not enough memory", 0) end
   L.cid = id
   cslots[id] = L
@@ -619,7 +617,9 @@ disarm = remove
 function arm(tm, delay)
   if tm[2] ~= 0 then remove(tm) end
   tm[4] = delay
-  add(tm, lt_clock(H) + ns(delay), delay)
+  -- a zero delay counts from the iteration's clock: due in the next pass,
+  -- with no clock to read
+  add(tm, C_clock(delay <= 0) + ns(delay), delay)
 end
 
 -- The timers phase: lt_pop gives the next list whose first deadline is
@@ -667,12 +667,12 @@ local function next_timer_slow()
       cur = nil
       list_sync(L)
     end
-    local id = lt_pop(H)
+    local id, now, other = C_pop()
     if id == 0 then return nil end
     L = cslots[id]
     cslots[id] = nil
     L.cid = 0
-    cur, cur_now, cur_other = L, lt_cached(H), lt_next(H)
+    cur, cur_now, cur_other = L, now, other
     if cur_other < 0 then cur_other = huge end
   end
 end
@@ -723,7 +723,7 @@ local function start_timer(fname, s, fn, mt, ...)
   local tm
   if n == 0 then tm = setmetatable({fn, 0, 0, s}, mt)
   else tm = setmetatable({fn, 0, n, s, ...}, mt) end
-  add(tm, lt_clock(H) + ns(s), s)
+  add(tm, (s > 0 and lt_clock(H) or lt_cached(H)) + ns(s), s)
   return tm
 end
 
