@@ -22,6 +22,7 @@ local coroutine_create, resume, yield, running =
   coroutine.create, coroutine.resume, coroutine.yield, coroutine.running
 local select, type, error, pcall, xpcall, tostring, getmetatable, setmetatable =
   select, type, error, pcall, xpcall, tostring, getmetatable, setmetatable
+local pairs = pairs
 local unpack, traceback, huge = unpack, debug.traceback, math.huge
 local stderr = io.stderr
 
@@ -515,6 +516,8 @@ Timer.__index = Timer
 local Every = {__index = Timer}
 local lists = {}  -- delay -> its shared list
 local cslots = {} -- C timer slot -> list
+local idle_lists = 0 -- empty lists kept in `lists`
+local cur -- the list the timers phase is running (see next_timer)
 local floor = math.floor
 
 local function ns(s)
@@ -525,7 +528,7 @@ end
 
 local function new_list(key)
   return {key = key, ts = {}, ds = {}, head = 1, tail = 0, live = 0,
-          refd = 0, cid = 0, holes = 0}
+          refd = 0, cid = 0, holes = 0, idle = false}
 end
 
 -- Keeps the list's C timer at its first live deadline, referenced while
@@ -544,8 +547,19 @@ local function list_sync(L)
       cslots[L.cid] = nil
       L.cid = 0
     end
-    if L.key and lists[L.key] == L then lists[L.key] = nil end
     L.head, L.tail, L.holes = 1, 0, 0
+    -- an empty shared list stays for its next timer (a task sleeping in a
+    -- loop), until many lie empty
+    if L.key and not L.idle and lists[L.key] == L then
+      L.idle = true
+      idle_lists = idle_lists + 1
+      if idle_lists > 64 then
+        for k, x in pairs(lists) do
+          if x.idle then lists[k] = nil; x.idle = false end
+        end
+        idle_lists = 0
+      end
+    end
     return
   end
   local id = C_start_at(L.cid, ds[h], L.refd > 0)
@@ -566,6 +580,9 @@ local function add(tm, d, key)
     lists[key] = L
   elseif L.tail >= L.head and L.ds[L.tail] > d then
     L = new_list(false) -- an `every` beat out of order: a list of its own
+  elseif L.idle then
+    L.idle = false -- an idle list back in use
+    idle_lists = idle_lists - 1
   end
   local n = L.tail + 1
   L.ts[n], L.ds[n], L.tail = tm, d, n
@@ -573,12 +590,13 @@ local function add(tm, d, key)
   local live = L.live + 1
   L.live = live
   if getmetatable(tm) == Every then tm.list = L end
+  -- (the list the timers phase runs is synced when it is done with it)
   if tm.noref then
-    if live == 1 then list_sync(L) end
+    if live == 1 and L ~= cur then list_sync(L) end
   else
     local refd = L.refd + 1
     L.refd = refd
-    if live == 1 or refd == 1 then list_sync(L) end
+    if (live == 1 or refd == 1) and L ~= cur then list_sync(L) end
   end
 end
 
@@ -625,7 +643,7 @@ end
 -- The timers phase: lt_pop gives the next list whose first deadline is
 -- due; its due timers run until one of another list (or a C timer) comes
 -- first, then the list's C timer moves to what remains.
-local cur, cur_now, cur_other, cur_ran = nil, 0, 0, 0
+local cur_now, cur_other, cur_ran = 0, 0, 0
 
 -- Takes the due timer at the head of list L (the caller checked it).
 local function take(L, h, tm, d)
