@@ -119,6 +119,12 @@ static int l_lt_clock(lua_State *L) {
   return 1;
 }
 
+static int l_imm_set(lua_State *L) {
+  tide__lua_imm_set(HOST(L), (int32_t)lua_tointeger(L, 1),
+                    (int32_t)lua_tointeger(L, 2));
+  return 0;
+}
+
 /* --- clocks, phase, stats, exit ------------------------------------------ */
 
 static int l_hrtime(lua_State *L) {
@@ -222,7 +228,7 @@ int tide__open_core(lua_State *L) {
       {"phase", l_phase}, {"stats", l_stats},     {"exit", l_exit},
       {"set_runners", l_set_runners}, {"when_readable", l_when_readable},
       {"pop", l_lt_pop}, {"start_at", l_lt_start_at}, {"stop", l_lt_stop},
-      {"clock", l_lt_clock},
+      {"clock", l_lt_clock}, {"imm_set", l_imm_set},
       {NULL, NULL}};
   /* ltimer.c's functions, called from Lua through the FFI */
   static const struct { const char *name; void *fn; } ffi[] = {

@@ -20,6 +20,7 @@
  * check phase's FIFO (and one in the close list) armed while its own queue
  * has work, and the loop calls Lua once per node.
  */
+#include <stdio.h>
 #include <stdlib.h>
 
 #include "internal.h"
@@ -166,10 +167,21 @@ void tide__lt_free_all(tide_host *h) {
 
 /* --- Lua's immediates and close callbacks --------------------------------- */
 
+/* Lua runs its immediates and returns how many ran (the loop counted this
+ * node as one callback) and how many are queued and referenced now. */
 static void imm_node_run(tide_host *h, tide__imm *im) {
+  lua_State *L = h->L;
   (void)im;
-  /* the loop counted this node as one callback; Lua ran n */
-  h->phase_calls[TIDE_PHASE_CHECK] += tide__call_count(h, h->ref_run_immediates) - 1;
+  lua_rawgeti(L, LUA_REGISTRYINDEX, h->ref_run_immediates);
+  if (lua_pcall(L, 0, 3, 0) != 0) {
+    fprintf(stderr, "tide: %s\n", lua_tostring(L, -1));
+    lua_pop(L, 1);
+    return;
+  }
+  h->phase_calls[TIDE_PHASE_CHECK] += lua_tointeger(L, -3) - 1;
+  tide__lua_imm_set(h, (int32_t)lua_tointeger(L, -2),
+                    (int32_t)lua_tointeger(L, -1));
+  lua_pop(L, 3);
 }
 
 /* Lua's immediate queue holds `queued` immediates, `refd` of them

@@ -35,7 +35,7 @@ local lt_cached = cfn("lt_cached", "double (*)(void *)")
 local lt_now = cfn("lt_now", "double (*)(void *)")
 -- the same through the Lua C API, for the scheduler's interpreted paths
 local C_pop, C_start_at, C_stop, C_clock = C.pop, C.start_at, C.stop, C.clock
-local imm_set = cfn("imm_set", "void (*)(void *, int32_t, int32_t)")
+local C_imm_set = C.imm_set
 local close_arm = cfn("close_arm", "void (*)(void *)")
 
 local tide = {}
@@ -881,19 +881,20 @@ local function sync_node()
   local on, ref = iq_live > 0, iq_refd > 0
   if on ~= node_on or (on and ref ~= node_ref) then
     node_on, node_ref = on, ref
-    imm_set(H, iq_live, iq_refd)
+    C_imm_set(iq_live, iq_refd)
   end
 end
 
 -- returns how many immediates ran, for tide.stats()
+-- The loop took the node off its queue to call this; it puts it back as
+-- the second and third results say (queued, referenced immediates).
 local function run_immediates()
-  node_on, node_ref = false, false -- the loop took the node off its queue
   iq_last, iq_ran, in_check = iq_tail, 0, true
   run_batch(next_immediate)
   in_check = false
   if iq_head > iq_tail then iq_head, iq_tail = 1, 0 end
-  sync_node()
-  return iq_ran
+  node_on, node_ref = iq_live > 0, iq_refd > 0
+  return iq_ran, iq_live, iq_refd
 end
 
 function tide.immediate(fn, ...)
