@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # bench/run.sh - tide's micro-benchmarks beside the Node.js and LuaJIT+luv
-# peers of /work/shared/bench (see docs/benchmarks.md).
+# peers (see docs/benchmarks.md).
 #
 # usage: bench/run.sh            (from anywhere; `make bench` runs it too)
 #
@@ -10,7 +10,7 @@
 #   TIDE_BIN=...      the tide binary (default: ../build/tide next to this script);
 #                     a copy outside the tree keeps a rebuild from changing it mid-run
 #   TIDE_SRC=...      text for the header saying which source TIDE_BIN was built from
-#   PEER_DIR=/work/shared/bench   where node/*.js and luv/*.lua live
+#   PEER_DIR=../shared/bench   where the peers node/*.js and luv/*.lua live
 #   LUA=luajit        interpreter for the luv peer
 #   CPU=0             CPU for `taskset -c` (as the peers' run.sh: workload C
 #                     and the tide-only task workloads are pinned, startup is not)
@@ -26,7 +26,7 @@ set -u
 HERE=$(cd "$(dirname "$0")" && pwd)
 ROOT=$(cd "$HERE/.." && pwd)
 TIDE_BIN=${TIDE_BIN:-$HERE/../build/tide}
-PEER_DIR=${PEER_DIR:-/work/shared/bench}
+PEER_DIR=${PEER_DIR:-$ROOT/../shared/bench}
 LUA=${LUA:-luajit}
 RUNS=${RUNS:-3}
 CPU=${CPU:-0}

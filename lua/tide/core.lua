@@ -926,9 +926,20 @@ function Immediate:stop()
     sync_node()
   end
 end
-Immediate.close = Immediate.stop
+-- close([fn]): stop for good; fn(immediate) runs in the close phase
+function Immediate:close(fn)
+  check_imm(self, "close")
+  if fn ~= nil then check_function(fn, 1, "close") end
+  if self.closed then return end
+  self:stop()
+  self.closed = true
+  if fn then close_later(fn, self) end
+end
 
-function Immediate:active() return self[2] == true end
+function Immediate:active()
+  check_imm(self, "active")
+  return self[2] == true
+end
 
 local function imm_ref(m, want)
   if m[2] and (not m.noref) ~= want then
