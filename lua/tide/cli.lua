@@ -25,6 +25,11 @@ local function read_line(prompt)
   return io.stdin:read("*l")
 end
 
+-- the traceback down to the line typed, without the REPL's own frames
+local function on_error(e)
+  return (debug.traceback(tostring(e), 2):gsub("\n%s*%[C%]: in function 'xpcall'.*$", ""))
+end
+
 local function print_results(ok, ...)
   if not ok then
     stderr:write(tostring((...)), "\n")
@@ -43,7 +48,7 @@ local function repl()
     if not f then f, err = loadstring(chunk, "=stdin") end
     if f then
       chunk = ""
-      print_results(xpcall(f, debug.traceback))
+      print_results(xpcall(f, on_error))
     elseif not err:find("<eof>", 1, true) then
       chunk = ""
       stderr:write(err, "\n")
