@@ -2,7 +2,7 @@
 --   burst: N immediates queued at once (one check phase runs them all)
 --   chain: each callback queues the next (N loop iterations)
 -- Prints `RESULT ms=X`, wall time from the first tide.immediate call.
--- Tide's port of /work/shared/bench/luv/immediate.lua and node/immediate.js.
+-- The same workload as the peers' luv/immediate.lua and node/immediate.js.
 local mode = arg and arg[1] or "burst"
 local N = tonumber(arg and arg[2]) or 1000000
 local immediate, hrtime = tide.immediate, tide.hrtime

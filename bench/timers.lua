@@ -1,7 +1,7 @@
 -- bench/timers.lua N: N one-shot 1 ms timers (tide.after), all created up
 -- front; prints `RESULT ms=X` when the last one fires. X is wall time from the
 -- first tide.after call, read with tide.hrtime() (not the cached loop clock).
--- Tide's port of /work/shared/bench/luv/timers.lua and node/timers.js.
+-- The same workload as the peers' luv/timers.lua and node/timers.js.
 local N = tonumber(arg and arg[1]) or 1000000
 local after, hrtime = tide.after, tide.hrtime
 local fired = 0
