@@ -80,6 +80,17 @@ local function check_function(f, n, fname)
   end
 end
 
+-- A checker for the self argument of the methods of objects with
+-- metatable mt: check(x, fname) raises unless x is one.
+local function self_checker(mt, what)
+  return function(x, fname)
+    if getmetatable(x) ~= mt then
+      error(("bad argument #1 to '%s' (%s expected, got %s)"):format(
+        fname, what, type(x)), 3)
+    end
+  end
+end
+
 -- the ready queue -----------------------------------------------------------
 
 -- Entries take four slots: a task and the three values its wait returns
@@ -910,12 +921,7 @@ function tide.immediate(fn, ...)
   return m
 end
 
-local function check_imm(m, fname)
-  if getmetatable(m) ~= Immediate then
-    error(("bad argument #1 to '%s' (immediate expected, got %s)"):format(
-      fname, type(m)), 3)
-  end
-end
+local check_imm = self_checker(Immediate, "immediate")
 
 function Immediate:stop()
   check_imm(self, "stop")
@@ -1093,12 +1099,7 @@ tide.phase = C.phase
 
 -- task methods ------------------------------------------------------------------------
 
-local function check_task(t, fname)
-  if getmetatable(t) ~= Task then
-    error(("bad argument #1 to '%s' (task expected, got %s)"):format(
-      fname, type(t)), 3)
-  end
-end
+local check_task = self_checker(Task, "task")
 
 local finished = {done = true, failed = true, cancelled = true}
 
@@ -1192,12 +1193,7 @@ function tide.channel(capacity)
                        closed = false}, Channel)
 end
 
-local function check_channel(ch, fname)
-  if getmetatable(ch) ~= Channel then
-    error(("bad argument #1 to '%s' (channel expected, got %s)"):format(
-      fname, type(ch)), 3)
-  end
-end
+local check_channel = self_checker(Channel, "channel")
 
 function Channel:send(v, timeout)
   check_channel(self, "send")
@@ -1273,12 +1269,7 @@ function tide.semaphore(n)
   return setmetatable({count = n, q = new_queue()}, Semaphore)
 end
 
-local function check_sem(s, fname)
-  if getmetatable(s) ~= Semaphore then
-    error(("bad argument #1 to '%s' (semaphore expected, got %s)"):format(
-      fname, type(s)), 3)
-  end
-end
+local check_sem = self_checker(Semaphore, "semaphore")
 
 function Semaphore:acquire(timeout)
   check_sem(self, "acquire")
@@ -1306,12 +1297,7 @@ function tide.cond()
   return setmetatable({q = new_queue()}, Cond)
 end
 
-local function check_cond(c, fname)
-  if getmetatable(c) ~= Cond then
-    error(("bad argument #1 to '%s' (condition expected, got %s)"):format(
-      fname, type(c)), 3)
-  end
-end
+local check_cond = self_checker(Cond, "condition")
 
 function Cond:wait(timeout)
   check_cond(self, "wait")
