@@ -2,30 +2,9 @@
 -- options, script arguments, standard input, exit statuses and error
 -- messages. Each test runs the binary ($TIDE_BIN, or build/tide) as a child.
 
-local function shell_quote(s) return "'" .. s:gsub("'", "'\\''") .. "'" end
-
-local function read_all(path)
-  local f = assert(io.open(path, "rb"))
-  local s = f:read("*a")
-  f:close()
-  return s
-end
-
-local function write_file(path, data)
-  local f = assert(io.open(path, "wb"))
-  f:write(data)
-  f:close()
-end
-
-local function cwd()
-  local p = assert(io.popen("pwd"))
-  local d = p:read("*l")
-  p:close()
-  return d
-end
-
-local TIDE = os.getenv("TIDE_BIN") or "build/tide"
-if TIDE:sub(1, 1) ~= "/" then TIDE = cwd() .. "/" .. TIDE end
+local S = require "spec.support"
+local shell_quote, read_all, write_file = S.shell_quote, S.read_all, S.write_file
+local TIDE = S.TIDE
 
 local temps = {} -- files and folders to remove after each test
 
@@ -51,6 +30,12 @@ local function tide_cmd(args, opts)
   opts = opts or {}
   local words = {}
   for i, a in ipairs(args) do words[i] = shell_quote(a) end
+  local inf = opts.stdin and tmpfile(opts.stdin) or "/dev/null"
+  local out, err, rc = S.run(("%s%s %s <%s"):format(
+    opts.dir and ("cd " .. shell_quote(opts.dir) .. " && ") or "",
+    shell_quote(TIDE), table.concat(words, " "), shell_quote(inf)))
+  return out, err, rc
+end
   local errf = tmpfile()
   local inf = opts.stdin and tmpfile(opts.stdin) or "/dev/null"
   local cmd = ("%stimeout 10 %s %s <%s 2>%s; echo \"rc=$?\""):format(
@@ -74,14 +59,7 @@ local function script(code, dir, name)
   return tmpfile(code)
 end
 
--- If a test waits for something that never comes and nothing else keeps the
--- loop alive, tide would end the run quietly with status 0 and the missing
--- tests unreported. This timer keeps the loop alive and fails the run
--- instead; teardown stops it when every test has finished.
-local watchdog = tide.after(60, function()
-  io.stderr:write("\ncli_spec.lua: a test never finished (deadlock?)\n")
-  tide.exit(99)
-end)
+local watchdog = S.watchdog("cli_spec.lua")
 
 describe("the tide command", function()
   teardown(function() watchdog:stop() end)

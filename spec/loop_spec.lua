@@ -6,14 +6,10 @@
 -- only record what they see; the assertions are made in the test body once
 -- a callback has signalled (through a channel) that the run is over.
 
-local TIDE = os.getenv("TIDE_BIN") or "build/tide"
+local S = require "spec.support"
+local busy, run_child = S.busy, S.run_child
 
 -- helpers --------------------------------------------------------------------
-
-local function busy(s)
-  local deadline = tide.hrtime() + s
-  while tide.hrtime() < deadline do end
-end
 
 local function iteration() return tide.stats().iterations end
 
@@ -34,44 +30,7 @@ local function next_iteration()
   await(ch)
 end
 
-local function shell_quote(s) return "'" .. s:gsub("'", "'\\''") .. "'" end
-
-local function read_all(path)
-  local f = assert(io.open(path, "rb"))
-  local s = f:read("*a")
-  f:close()
-  return s
-end
-
--- Runs `code` as a script in a child tide; returns stdout, stderr, exit
--- status and wall-clock seconds.
-local function run_child(code)
-  local script, errf = os.tmpname(), os.tmpname()
-  local f = assert(io.open(script, "w"))
-  f:write(code)
-  f:close()
-  local t0 = tide.hrtime()
-  local p = assert(io.popen(("timeout 10 %s %s 2>%s; echo \"rc=$?\""):format(
-    shell_quote(TIDE), shell_quote(script), shell_quote(errf))))
-  local out = p:read("*a")
-  p:close()
-  local elapsed = tide.hrtime() - t0
-  local err = read_all(errf)
-  os.remove(script)
-  os.remove(errf)
-  local rc = tonumber(out:match("rc=(%d+)\n$"))
-  out = out:gsub("rc=%d+\n$", "")
-  return out, err, rc, elapsed
-end
-
--- If a test waits for something that never comes and nothing else keeps the
--- loop alive, tide would end the run quietly with status 0 and the missing
--- tests unreported. This timer keeps the loop alive and fails the run
--- instead; teardown stops it when every test has finished.
-local watchdog = tide.after(60, function()
-  io.stderr:write("\nloop_spec.lua: a test never finished (deadlock?)\n")
-  tide.exit(99)
-end)
+local watchdog = S.watchdog("loop_spec.lua")
 
 describe("the loop", function()
   teardown(function() watchdog:stop() end)

@@ -4,38 +4,8 @@
 --
 -- The test bodies run inside tide's main task, so they may wait.
 
-local TIDE = os.getenv("TIDE_BIN") or "build/tide"
-
-local function busy(s)
-  local deadline = tide.hrtime() + s
-  while tide.hrtime() < deadline do end
-end
-
-local function shell_quote(s) return "'" .. s:gsub("'", "'\\''") .. "'" end
-
-local function read_all(path)
-  local f = assert(io.open(path, "rb"))
-  local s = f:read("*a")
-  f:close()
-  return s
-end
-
--- Runs `code` as a script in a child tide: stdout, stderr, exit status.
-local function run_child(code)
-  local script, errf = os.tmpname(), os.tmpname()
-  local f = assert(io.open(script, "w"))
-  f:write(code)
-  f:close()
-  local p = assert(io.popen(("timeout 10 %s %s 2>%s; echo \"rc=$?\""):format(
-    shell_quote(TIDE), shell_quote(script), shell_quote(errf))))
-  local out = p:read("*a")
-  p:close()
-  local err = read_all(errf)
-  os.remove(script)
-  os.remove(errf)
-  local rc = tonumber(out:match("rc=(%d+)\n$"))
-  return (out:gsub("rc=%d+\n$", "")), err, rc
-end
+local S = require "spec.support"
+local busy, run_child = S.busy, S.run_child
 
 -- The error raised by fn(...), as a string (fails when it raises none).
 local function error_of(fn, ...)
@@ -48,14 +18,7 @@ local function pack(...) return {n = select("#", ...), ...} end
 
 local errors -- what reached tide.on_error during the current test
 
--- If a test waits for something that never comes and nothing else keeps the
--- loop alive, tide would end the run quietly with status 0 and the missing
--- tests unreported. This timer keeps the loop alive and fails the run
--- instead; teardown stops it when every test has finished.
-local watchdog = tide.after(60, function()
-  io.stderr:write("\ntask_spec.lua: a test never finished (deadlock?)\n")
-  tide.exit(99)
-end)
+local watchdog = S.watchdog("task_spec.lua")
 
 describe("tasks", function()
   teardown(function() watchdog:stop() end)
