@@ -31,22 +31,9 @@ local function tide_cmd(args, opts)
   local words = {}
   for i, a in ipairs(args) do words[i] = shell_quote(a) end
   local inf = opts.stdin and tmpfile(opts.stdin) or "/dev/null"
-  local out, err, rc = S.run(("%s%s %s <%s"):format(
-    opts.dir and ("cd " .. shell_quote(opts.dir) .. " && ") or "",
-    shell_quote(TIDE), table.concat(words, " "), shell_quote(inf)))
+  local out, err, rc = S.run(("%s %s <%s"):format(shell_quote(TIDE),
+    table.concat(words, " "), shell_quote(inf)), opts.dir)
   return out, err, rc
-end
-  local errf = tmpfile()
-  local inf = opts.stdin and tmpfile(opts.stdin) or "/dev/null"
-  local cmd = ("%stimeout 10 %s %s <%s 2>%s; echo \"rc=$?\""):format(
-    opts.dir and ("cd " .. shell_quote(opts.dir) .. " && ") or "",
-    shell_quote(TIDE), table.concat(words, " "), shell_quote(inf),
-    shell_quote(errf))
-  local p = assert(io.popen(cmd))
-  local out = p:read("*a")
-  p:close()
-  local rc = tonumber(out:match("rc=(%d+)\n$"))
-  return (out:gsub("rc=%d+\n$", "")), read_all(errf), rc
 end
 
 -- A script file with `code`; returns its path.

@@ -34,13 +34,15 @@ function S.busy(s)
   while tide.hrtime() < deadline do end
 end
 
--- Runs a shell command line (stderr to a file, bounded by `timeout 10`):
--- returns stdout, stderr, exit status and wall-clock seconds.
-function S.run(cmdline)
+-- Runs a shell command line (stderr to a file, bounded by `timeout 10`),
+-- in folder dir if given: returns stdout, stderr, exit status and
+-- wall-clock seconds.
+function S.run(cmdline, dir)
   local errf = os.tmpname()
   local t0 = tide.hrtime()
-  local p = assert(io.popen(("timeout 10 %s 2>%s; echo \"rc=$?\""):format(
-    cmdline, S.shell_quote(errf))))
+  local p = assert(io.popen(("%stimeout 10 %s 2>%s; echo \"rc=$?\""):format(
+    dir and ("cd " .. S.shell_quote(dir) .. " && ") or "", cmdline,
+    S.shell_quote(errf))))
   local out = p:read("*a")
   p:close()
   local elapsed = tide.hrtime() - t0
