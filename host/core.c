@@ -7,6 +7,7 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <sys/time.h>
 
 #include <event2/event.h>
@@ -48,13 +49,19 @@ static void readable_cb(evutil_socket_t fd, short what, void *p) {
 
 /* C.when_readable(fd, fn, arg) -> watcher: fn(arg) runs in the poll phase
  * once fd is readable. The watcher keeps the loop alive until then;
- * watcher:close() (also its __gc) cancels it. */
+ * watcher:close() (also its __gc) cancels it. Returns false for a regular
+ * file, which is always readable and cannot be polled. */
 static int l_when_readable(lua_State *L) {
   tide_host *h = HOST(L);
   int fd = (int)luaL_checkinteger(L, 1);
   lreadable *r;
+  struct stat st;
   luaL_checktype(L, 2, LUA_TFUNCTION);
   lua_settop(L, 3);
+  if (fstat(fd, &st) == 0 && S_ISREG(st.st_mode)) {
+    lua_pushboolean(L, 0);
+    return 1;
+  }
   r = lua_newuserdata(L, sizeof *r);
   r->h = h;
   r->ref = LUA_NOREF;

@@ -316,6 +316,30 @@ describe("the tide command", function()
   end)
 
   describe("options", function()
+    it("-i reads lines as they come and runs them in a task, after -e", function()
+      local out, err, rc = tide_cmd({"-e", "x = 20", "-i"}, {stdin =
+        "print(x + 1)\n" ..
+        "tide.sleep(0.01) print('woke in', tide.phase())\n" ..
+        "for i = 1,\n2 do io.write(i, ';') end\n" ..
+        "error('oops')\n" ..
+        "print('still here')\n"})
+      assert.equal(0, rc, err)
+      assert.truthy(out:find("> 21\n", 1, true), out)
+      assert.truthy(out:find("woke in\ttimers", 1, true), out)
+      assert.truthy(out:find(">> 1;2;", 1, true), out)
+      assert.truthy(err:find("oops", 1, true), err)
+      assert.truthy(out:find("still here", 1, true), out)
+    end)
+
+    it("-i on a pipe waits for input without blocking the loop", function()
+      -- the second line comes 0.2 s later; a timer keeps ticking meanwhile
+      local out, err, rc = S.run("sh -c " .. shell_quote(("(echo 'n = 0; " ..
+        "tide.every(0.02, function() n = n + 1 end)'; sleep 0.2; " ..
+        "echo 'print(n >= 5)') | %s -i"):format(shell_quote(TIDE))))
+      assert.equal(0, rc, err)
+      assert.truthy(out:find("true", 1, true), out)
+    end)
+
     it("-v prints the version and exits with status 0", function()
       local out, err, rc = tide_cmd {"-v"}
       assert.equal(0, rc, err)

@@ -42,7 +42,10 @@ local function repl()
   local chunk = ""
   while true do
     local line = read_line(chunk == "" and "> " or ">> ")
-    if not line then stdout:write("\n"); return end
+    if not line then -- end of input ends tide, as in Node's REPL
+      stdout:write("\n")
+      return tide.exit(0)
+    end
     chunk = chunk == "" and line or chunk .. "\n" .. line
     local f, err = loadstring("return " .. chunk, "=stdin")
     if not f then f, err = loadstring(chunk, "=stdin") end

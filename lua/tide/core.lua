@@ -1086,6 +1086,7 @@ end
 function tide._wait_readable(fd, timeout)
   local t = current_task("_wait_readable")
   local w = C.when_readable(fd, on_readable, t)
+  if not w then return true end -- a regular file: readable, never waits
   t.cleanup = w
   local ok, msg, code = park(nil, timeout, "_wait_readable")
   w:close()
