@@ -176,13 +176,17 @@ static int l_stats(lua_State *L) {
           wall > 0 ? (double)(wall - h->idle_ns) / (double)wall : 0);
   set_num(L, "timers", (double)h->timers.count);
   set_num(L, "refs", (double)h->refs);
-  /* the worker pool starts on first use; none of its work exists yet */
-  lua_createtable(L, 0, 4);
-  set_num(L, "threads", 0);
-  set_num(L, "size", h->threads);
-  set_num(L, "queued", 0);
-  set_num(L, "running", 0);
-  lua_setfield(L, -2, "pool");
+  { /* the worker pool: threads stay 0 until its first job */
+    int threads, running;
+    size_t queued;
+    tide__pool_stats(h, &threads, &queued, &running);
+    lua_createtable(L, 0, 4);
+    set_num(L, "threads", threads);
+    set_num(L, "size", h->threads);
+    set_num(L, "queued", (double)queued);
+    set_num(L, "running", running);
+    lua_setfield(L, -2, "pool");
+  }
   return 1;
 }
 
@@ -197,12 +201,14 @@ static int l_exit(lua_State *L) {
 }
 
 /* C.set_runners(run_task, run_direct, start, run_timers, run_immediates,
- * run_closing): the scheduler's entry points (see tide__call). */
+ * run_closing, complete, blocking): the scheduler's entry points (see
+ * tide__call and request.c). */
 static int l_set_runners(lua_State *L) {
   tide_host *h = HOST(L);
   int *refs[] = {&h->ref_run_task,   &h->ref_run_direct,
                  &h->ref_start,      &h->ref_run_timers,
-                 &h->ref_run_immediates, &h->ref_run_closing};
+                 &h->ref_run_immediates, &h->ref_run_closing,
+                 &h->ref_complete,   &h->ref_blocking};
   int i, n = (int)(sizeof refs / sizeof refs[0]);
   for (i = 1; i <= n; i++) luaL_checktype(L, i, LUA_TFUNCTION);
   for (i = n; i >= 1; i--) {
@@ -222,6 +228,7 @@ static void set_funcs(lua_State *L, tide_host *h, const luaL_Reg *r) {
 
 int tide__open_core(lua_State *L) {
   tide_host *h = tide_from_lua(L);
+  tide__open_requests(L);
   luaL_newmetatable(L, READABLE_MT);
   lua_pushcfunction(L, l_readable_close);
   lua_setfield(L, -2, "__gc");

@@ -172,6 +172,15 @@ static int open_host(lua_State *L) {
   }
   lua_pushcfunction(L, tide__open_core);
   lua_setfield(L, -2, "tide");
+  {
+    static const luaL_Reg c_modules[] = {{"tide.pool", tide__open_pool},
+                                         {NULL, NULL}};
+    const luaL_Reg *r;
+    for (r = c_modules; r->name; r++) {
+      lua_pushcfunction(L, r->func);
+      lua_setfield(L, -2, r->name);
+    }
+  }
   lua_pop(L, 2);
 
   lua_getglobal(L, "require");
@@ -202,6 +211,7 @@ tide_host *tide_host_new(const tide_options *opts, char *err, size_t errlen) {
   h->phase = TIDE_PHASE_MAIN;
   h->start = h->now = tide__hrtime();
   h->ref_run_task = h->ref_run_direct = h->ref_start = LUA_NOREF;
+  h->ref_complete = h->ref_blocking = LUA_NOREF;
   h->threads = h->opts.threads;
   if (h->threads <= 0 && (env = getenv("TIDE_THREADPOOL_SIZE")) != NULL)
     h->threads = atoi(env);
@@ -271,6 +281,7 @@ void tide_host_free(tide_host *h) {
     /* Nothing fires any more; close callbacks (also those of handles the
      * GC closes now) run before the state goes. */
     int exiting = h->exiting, code = h->exit_code;
+    tide__pool_shutdown(h); /* no completion may run after the host */
     tide__loop_shutdown(h);
     lua_gc(h->L, LUA_GCCOLLECT, 0);
     tide__loop_shutdown(h);

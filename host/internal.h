@@ -106,7 +106,10 @@ struct tide_host {
   int64_t poll_end;  /* when poll returned, or 0 when it was skipped */
   int64_t lag_ns;  /* how late the last timer that fired was */
   int64_t lag_max_ns;
-  int threads;     /* configured pool size (the pool is not started yet) */
+  int threads;     /* the pool's size */
+  struct tide__pool *pool; /* pool.c; NULL until first used */
+  int ref_complete; /* core.lua's complete(req, ...) (see request.c) */
+  int ref_blocking; /* core.lua's blocking(start) -> waiting function */
 
   tide_options opts;
 };
@@ -151,8 +154,20 @@ void tide__lt_free_all(tide_host *h);
 void tide__lua_imm_set(tide_host *h, int32_t queued, int32_t refd);
 void tide__lua_close_arm(tide_host *h);
 
+/* pool.c */
+void tide__pool_stats(tide_host *h, int *threads, size_t *queued,
+                      int *running);
+void tide__pool_shutdown(tide_host *h);
+
+/* request.c */
+void tide__open_requests(lua_State *L);
+
 /* core.c: the C half of `require "tide"` */
 int tide__open_core(lua_State *L);
+
+/* modules/: the C modules built in, opened by require "tide.<name>" (or,
+ * for those with a Lua half in lua/tide/<name>.lua, "tide.<name>.c") */
+int tide__open_pool(lua_State *L);
 
 /* lua_modules.c (generated): the embedded lua/tide/ *.lua files */
 typedef struct tide__lua_module {

@@ -99,6 +99,67 @@ void tide_stop(tide_host *h);
  * task; -1 while the host is not exiting. */
 int tide_exit_code(const tide_host *h);
 
+/* --- the worker pool ------------------------------------------------------
+ *
+ * Blocking work runs on a pool of threads (TIDE_THREADPOOL_SIZE or
+ * tide_options.threads, default 4), started on first use. A job's work
+ * function runs on a pool thread and must not touch any lua_State or the
+ * host; its done function runs afterwards on the loop thread, in the poll
+ * phase. A job in flight keeps the loop alive. */
+
+typedef struct tide_job tide_job;
+typedef void (*tide_work_fn)(tide_job *job);
+/* cancelled: 1 when the job never ran (tide_pool_cancel, or the host is
+ * being freed: then only release what the job holds). The done function
+ * owns the job from then on. */
+typedef void (*tide_done_fn)(tide_job *job, int cancelled);
+
+struct tide_job {
+  tide_work_fn work;
+  tide_done_fn done;
+  void *data;  /* for the caller */
+  int slow;    /* a slow job (DNS, user calls that may take long): at most
+                  half the threads run slow jobs at once */
+  /* private to the pool */
+  struct tide_job *next_;
+  unsigned long long seq_;
+  int state_;
+};
+
+/* Queues job (zero-initialise it, then set work, done, data, slow).
+ * Returns 0, or -1 when no thread could be started. */
+int tide_pool_submit(tide_host *h, tide_job *job);
+
+/* Takes job off the queue if no thread has taken it yet; its done then
+ * runs in the pending phase with cancelled = 1. Returns 1 if so, and 0 if
+ * the job runs or has run (its done comes as usual). */
+int tide_pool_cancel(tide_host *h, tide_job *job);
+
+/* --- blocking calls from Lua ----------------------------------------------
+ *
+ * To make a blocking C function callable from Lua as a call that waits
+ * (the calling task waits, the loop does not), write a start function that
+ * checks its arguments, fills a struct and returns tide_blocking(...); and
+ * publish it with tide_push_blocking. See docs/pool.md. */
+
+/* Runs on the loop thread when the work is done: pushes the call's results
+ * on L and returns how many. */
+typedef int (*tide_push_fn)(lua_State *L, void *data);
+
+/* In a start function (a lua_CFunction): submits work(data) to the pool and
+ * pushes a request for tide_push_blocking's wrapper to wait on; returns 1,
+ * which the start function returns. push(L, data) makes the results;
+ * free_fn(data), if given, is called exactly once afterwards, also when the
+ * call is cancelled or times out (then push is not called). Raises a Lua
+ * error (after free_fn) when the pool cannot start. */
+int tide_blocking(lua_State *L, void *data, void (*work)(void *data),
+                  tide_push_fn push, void (*free_fn)(void *data), int slow);
+
+/* Pushes a Lua function that calls start(...) and waits for the request it
+ * returns; the function returns what push pushed. It must be called in a
+ * task. */
+void tide_push_blocking(lua_State *L, lua_CFunction start);
+
 #ifdef __cplusplus
 }
 #endif

@@ -959,8 +959,42 @@ end
 function Immediate:ref() check_imm(self, "ref"); return imm_ref(self, true) end
 function Immediate:unref() check_imm(self, "unref"); return imm_ref(self, false) end
 
+-- blocking calls (host/request.c) ------------------------------------------------
+-- A request is a pool job the calling task waits on; the task holds it as
+-- its wait's clean-up, so a timeout or cancel closes it.
+
+local RESULTS = {}
+local req_task = setmetatable({}, {__mode = "k"}) -- request -> waiting task
+
+-- (the loop thread, when the job is done) wakes the waiting task
+local function complete(req, ...)
+  local t = req_task[req]
+  if not t then return end
+  req_task[req] = nil
+  if t.state == "waiting" and t.cleanup == req then
+    wake(t, RESULTS, {n = select("#", ...), ...})
+  end
+end
+
+-- Waits for request req in the current task: its results, or nil,
+-- "timed out", "ETIMEDOUT".
+local function await(req, timeout, fname)
+  local t = current_task(fname)
+  req_task[req] = t
+  t.cleanup = req
+  local a, b, c = park(nil, timeout, fname)
+  if a == RESULTS then return unpack(b, 1, b.n) end
+  return a, b, c
+end
+tide._await = await
+
+-- the function tide_push_blocking gives C modules
+local function blocking(start)
+  return function(...) return await(start(...), nil, "a blocking call") end
+end
+
 C.set_runners(run_task, run_direct, start, run_timers, run_immediates,
-              run_closing)
+              run_closing, complete, blocking)
 
 -- Coroutines a script makes run inside its task. A wait inside one cannot
 -- park the task, so it raises a clear error; user_depth tells waits.
