@@ -158,6 +158,7 @@ void tide__lua_close_arm(tide_host *h);
 void tide__pool_stats(tide_host *h, int *threads, size_t *queued,
                       int *running);
 void tide__pool_shutdown(tide_host *h);
+void tide__pool_flush(tide_host *h);
 
 /* request.c */
 void tide__open_requests(lua_State *L);

@@ -177,6 +177,7 @@ static void run_poll(tide_host *h, tide_run_mode mode) {
   uint64_t calls0 = h->phase_calls[TIDE_PHASE_POLL];
   if (HALTED(h)) return;
   h->phase = TIDE_PHASE_POLL;
+  tide__pool_flush(h); /* jobs submitted since: queued before we wait */
   h->poll_end = 0;
   if (timeout == 0 &&
       event_base_get_num_events(h->base, EVENT_BASE_COUNT_ADDED) == 0)

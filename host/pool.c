@@ -6,9 +6,9 @@
  * marked slow); a thread takes the older head, except that slow jobs may
  * occupy at most half the threads, so they cannot starve file work.
  * Finished jobs go to one locked list; the first one to land there makes
- * one cross-thread wake-up (event_active on a libevent event, which needs
- * evthread_use_pthreads), so a burst of completions costs one wake-up, and
- * the poll phase runs them all in one callback.
+ * one cross-thread wake-up (a write to an eventfd that the poll phase
+ * watches), so a burst of completions costs one wake-up, and the poll
+ * phase runs them all in one callback.
  *
  * Threads start on the first submit, with every signal blocked. A pool
  * thread touches no lua_State and no host field outside the pool's lock.
@@ -16,13 +16,16 @@
 #include <errno.h>
 #include <pthread.h>
 #include <signal.h>
+#include <stdint.h>
 #include <stdlib.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
 
 #include <event2/event.h>
 
 #include "internal.h"
 
-enum { JOB_QUEUED = 1, JOB_RUNNING, JOB_FINISHED };
+enum { JOB_STAGED = 1, JOB_QUEUED, JOB_RUNNING };
 
 typedef struct jqueue {
   tide_job *head, *tail;
@@ -31,19 +34,23 @@ typedef struct jqueue {
 
 struct tide__pool {
   tide_host *h;
-  pthread_mutex_t lock;
+  pthread_mutex_t lock; /* the queues and counters */
   pthread_cond_t work_cv;
   jqueue fast, slow;   /* queued jobs (lock) */
-  tide_job *finished;  /* finished jobs, newest first (lock) */
-  int wake_pending;    /* the wake-up is armed (lock) */
+  jqueue staged;       /* submitted, not yet queued (loop thread only) */
+  pthread_mutex_t done_lock; /* finished jobs */
+  tide_job *finished;  /* finished jobs, newest first (done_lock) */
+  int wake_pending;    /* the wake-up is armed (done_lock) */
   int running;         /* jobs running (lock) */
+  int idle;            /* threads waiting for work (lock) */
   int slow_running;    /* of them slow (lock) */
   int max_slow;
   int stopping;        /* (lock) */
-  uint64_t seq;        /* submit order (lock) */
+  uint64_t seq;        /* submit order (loop thread) */
   int nthreads;
   pthread_t *threads;
-  struct event *wake;  /* run in the poll phase */
+  int wake_fd;         /* eventfd: pool threads wake the poll phase */
+  struct event *wake;  /* reads wake_fd in the poll phase */
   tide_job *cancelled; /* their done(job, 1) runs in the pending phase */
   tide__deferred cancel_node;
   uint64_t submitted, completed;
@@ -95,34 +102,43 @@ static tide_job *next_job(struct tide__pool *p) {
   return NULL;
 }
 
+static void wake_loop(struct tide__pool *p) {
+  uint64_t one = 1;
+  while (write(p->wake_fd, &one, sizeof one) < 0 && errno == EINTR) {}
+}
+
 static void *thread_main(void *arg) {
   struct tide__pool *p = arg;
   pthread_mutex_lock(&p->lock);
   for (;;) {
     tide_job *j;
-    while (!p->stopping && !(j = next_job(p)))
+    int slow, wake;
+    while (!p->stopping && !(j = next_job(p))) {
+      p->idle++;
       pthread_cond_wait(&p->work_cv, &p->lock);
+      p->idle--;
+    }
     if (p->stopping) break;
     j->state_ = JOB_RUNNING;
     p->running++;
-    if (j->slow) p->slow_running++;
+    slow = j->slow;
+    if (slow) p->slow_running++;
     pthread_mutex_unlock(&p->lock);
 
     j->work(j);
 
-    pthread_mutex_lock(&p->lock);
-    p->running--;
-    if (j->slow) {
-      p->slow_running--;
-      if (p->slow.head) pthread_cond_signal(&p->work_cv); /* cap freed */
-    }
-    j->state_ = JOB_FINISHED;
+    /* Hand the job to the loop; it is the loop's from here on. */
+    pthread_mutex_lock(&p->done_lock);
     j->next_ = p->finished;
     p->finished = j;
-    if (!p->wake_pending) {
-      p->wake_pending = 1;
-      event_active(p->wake, EV_READ, 0);
-    }
+    wake = !p->wake_pending;
+    p->wake_pending = 1;
+    pthread_mutex_unlock(&p->done_lock);
+    if (wake) wake_loop(p);
+
+    pthread_mutex_lock(&p->lock);
+    p->running--;
+    if (slow) p->slow_running--;
   }
   pthread_mutex_unlock(&p->lock);
   return NULL;
@@ -133,12 +149,14 @@ static void on_wake(evutil_socket_t fd, short what, void *arg) {
   struct tide__pool *p = arg;
   tide_host *h = p->h;
   tide_job *list, *rev = NULL;
-  (void)fd, (void)what;
-  pthread_mutex_lock(&p->lock);
+  uint64_t n;
+  (void)what;
+  while (read(fd, &n, sizeof n) < 0 && errno == EINTR) {}
+  pthread_mutex_lock(&p->done_lock);
   list = p->finished;
   p->finished = NULL;
   p->wake_pending = 0;
-  pthread_mutex_unlock(&p->lock);
+  pthread_mutex_unlock(&p->done_lock);
   while (list) { /* newest first: reverse */
     tide_job *j = list;
     list = j->next_;
@@ -154,6 +172,7 @@ static void on_wake(evutil_socket_t fd, short what, void *arg) {
     p->completed++;
     j->done(j, 0);
   }
+  tide__pool_flush(h); /* what those callbacks submitted */
 }
 
 static int pool_start(tide_host *h) {
@@ -165,9 +184,14 @@ static int pool_start(tide_host *h) {
   p->nthreads = h->threads;
   p->max_slow = p->nthreads / 2 > 0 ? p->nthreads / 2 : 1;
   p->threads = calloc((size_t)p->nthreads, sizeof *p->threads);
-  p->wake = event_new(h->base, -1, 0, on_wake, p);
-  if (!p->threads || !p->wake || pthread_mutex_init(&p->lock, NULL) != 0) {
+  p->wake_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+  p->wake = p->wake_fd < 0 ? NULL
+            : event_new(h->base, p->wake_fd, EV_READ | EV_PERSIST, on_wake, p);
+  if (!p->threads || !p->wake || event_add(p->wake, NULL) != 0 ||
+      pthread_mutex_init(&p->lock, NULL) != 0 ||
+      pthread_mutex_init(&p->done_lock, NULL) != 0) {
     if (p->wake) event_free(p->wake);
+    if (p->wake_fd >= 0) close(p->wake_fd);
     free(p->threads);
     free(p);
     return -1;
@@ -182,7 +206,9 @@ static int pool_start(tide_host *h) {
   if (i == 0) {
     pthread_cond_destroy(&p->work_cv);
     pthread_mutex_destroy(&p->lock);
+    pthread_mutex_destroy(&p->done_lock);
     event_free(p->wake);
+    close(p->wake_fd);
     free(p->threads);
     free(p);
     return -1;
@@ -192,20 +218,40 @@ static int pool_start(tide_host *h) {
   return 0;
 }
 
+/* Submitted jobs are staged on the loop thread and queued together by
+ * tide__pool_flush (before the poll phase waits, and after the completions
+ * it ran): one lock and one round of wake-ups for a burst of submits. */
 int tide_pool_submit(tide_host *h, tide_job *job) {
   struct tide__pool *p;
   if (!job || !job->work || !job->done) return -1;
   if (!h->pool && pool_start(h) != 0) return -1;
   p = h->pool;
-  pthread_mutex_lock(&p->lock);
   job->seq_ = p->seq++;
-  job->state_ = JOB_QUEUED;
-  jq_push(job->slow ? &p->slow : &p->fast, job);
+  job->state_ = JOB_STAGED;
+  jq_push(&p->staged, job);
   p->submitted++;
-  pthread_cond_signal(&p->work_cv);
-  pthread_mutex_unlock(&p->lock);
   h->refs++; /* a job in flight keeps the loop alive */
   return 0;
+}
+
+void tide__pool_flush(tide_host *h) {
+  struct tide__pool *p = h->pool;
+  tide_job *j;
+  size_t n;
+  if (!p || !p->staged.head) return;
+  n = p->staged.len;
+  pthread_mutex_lock(&p->lock);
+  while ((j = jq_pop(&p->staged))) {
+    j->state_ = JOB_QUEUED;
+    jq_push(j->slow ? &p->slow : &p->fast, j);
+  }
+  if (p->idle > 0) {
+    if (n >= (size_t)p->idle)
+      pthread_cond_broadcast(&p->work_cv);
+    else
+      while (n--) pthread_cond_signal(&p->work_cv);
+  }
+  pthread_mutex_unlock(&p->lock);
 }
 
 static void run_cancelled(tide_host *h, tide__deferred *d) {
@@ -230,10 +276,14 @@ int tide_pool_cancel(tide_host *h, tide_job *job) {
   struct tide__pool *p = h->pool;
   int removed = 0;
   if (!p || !job) return 0;
-  pthread_mutex_lock(&p->lock);
-  if (job->state_ == JOB_QUEUED)
-    removed = jq_remove(job->slow ? &p->slow : &p->fast, job);
-  pthread_mutex_unlock(&p->lock);
+  if (job->state_ == JOB_STAGED) {
+    removed = jq_remove(&p->staged, job);
+  } else {
+    pthread_mutex_lock(&p->lock);
+    if (job->state_ == JOB_QUEUED)
+      removed = jq_remove(job->slow ? &p->slow : &p->fast, job);
+    pthread_mutex_unlock(&p->lock);
+  }
   if (!removed) return 0;
   job->state_ = 0;
   h->refs--;
@@ -252,7 +302,7 @@ void tide__pool_stats(tide_host *h, int *threads, size_t *queued,
   if (!p) return;
   pthread_mutex_lock(&p->lock);
   *threads = p->nthreads;
-  *queued = p->fast.len + p->slow.len;
+  *queued = p->fast.len + p->slow.len + p->staged.len;
   *running = p->running;
   pthread_mutex_unlock(&p->lock);
 }
@@ -268,7 +318,8 @@ void tide__pool_shutdown(tide_host *h) {
   if (!p) return;
   pthread_mutex_lock(&p->lock);
   p->stopping = 1;
-  while ((j = jq_pop(&p->fast)) || (j = jq_pop(&p->slow))) {
+  while ((j = jq_pop(&p->fast)) || (j = jq_pop(&p->slow)) ||
+         (j = jq_pop(&p->staged))) {
     j->next_ = cancelled;
     cancelled = j;
   }
@@ -294,8 +345,10 @@ void tide__pool_shutdown(tide_host *h) {
   }
   h->pool = NULL;
   event_free(p->wake);
+  close(p->wake_fd);
   pthread_cond_destroy(&p->work_cv);
   pthread_mutex_destroy(&p->lock);
+  pthread_mutex_destroy(&p->done_lock);
   free(p->threads);
   free(p);
 }
