@@ -16,6 +16,10 @@
 #                     and the tide-only task workloads are pinned, startup is not)
 #   N=1000000         timers / immediates / spawn+join / sleep(0) count
 #   SLEEPERS=100000   tasks for the memory-per-sleeping-task workload
+#   FSN=100000        reads of a 4 KiB file, 64 at once (tide.fs.read_file
+#                     beside Node's fs.readFile and luv's open/read/close)
+#   PN=100000         empty worker-pool round trips (tide.pool.noop beside
+#                     luv's uv.new_work), one at a time and 64 at once
 #   TMO=120           `timeout` seconds for every single run (hyperfine: 10 x TMO)
 #   OUT=/tmp/tide-bench   logs/, results.tsv (every run) and tables.md
 #
@@ -32,6 +36,8 @@ RUNS=${RUNS:-3}
 CPU=${CPU:-0}
 N=${N:-1000000}
 SLEEPERS=${SLEEPERS:-100000}
+FSN=${FSN:-100000}        # file reads (the peers' workload D)
+PN=${PN:-100000}          # empty pool round trips
 TMO=${TMO:-120}
 OUT=${OUT:-/tmp/tide-bench}
 
@@ -62,8 +68,11 @@ fi
 PIN=(taskset -c "$CPU")
 if ! taskset -c "$CPU" true 2>/dev/null; then log "taskset -c $CPU unavailable: not pinning"; PIN=(); fi
 
-NL=$(awk -v n="$N" 'BEGIN{ if (n % 1000000 == 0) printf "%dM", n / 1000000; else if (n % 1000 == 0) printf "%dk", n / 1000; else print n }')
+short() { awk -v n="$1" 'BEGIN{ if (n % 1000000 == 0) printf "%dM", n / 1000000; else if (n % 1000 == 0) printf "%dk", n / 1000; else print n }'; }
+NL=$(short "$N"); FSNL=$(short "$FSN"); PNL=$(short "$PN")
 mkdir -p "$OUT/logs"
+FSFILE="$OUT/file4k.bin"   # the 4 KiB file workload D reads
+head -c 4096 /dev/urandom > "$FSFILE"
 RES="$OUT/results.tsv"     # workload runtime metric run value
 TABLES="$OUT/tables.md"
 printf 'workload\truntime\tmetric\trun\tvalue\n' > "$RES"
@@ -110,6 +119,14 @@ cmd_for() {
     burst:node|chain:node) echo "node $PEER_DIR/node/immediate.js $1 $N";;
     timers:luv)      echo "$LUA $PEER_DIR/luv/timers.lua $N";;
     burst:luv|chain:luv) echo "$LUA $PEER_DIR/luv/immediate.lua $1 $N";;
+    fsread:tide)     echo "$TIDE bench/fsread.lua $FSFILE $FSN 64";;
+    fsread:node)     echo "node $PEER_DIR/node/fsread.js readFile $FSFILE $FSN 64";;
+    fsread_orc:node) echo "node $PEER_DIR/node/fsread.js orc $FSFILE $FSN 64";;
+    fsread:luv)      echo "$LUA $PEER_DIR/luv/fsread.lua $FSFILE $FSN 64";;
+    pool1:tide)      echo "$TIDE bench/pool_noop.lua $PN 1";;
+    pool64:tide)     echo "$TIDE bench/pool_noop.lua $PN 64";;
+    pool1:luv)       echo "$LUA bench/luv_work.lua $PN 1";;
+    pool64:luv)      echo "$LUA bench/luv_work.lua $PN 64";;
   esac
 }
 available() {
@@ -120,6 +137,8 @@ available() {
 # fields and the peak RSS.
 run_one() {
   local wl=$1 rt=$2 r=$3 cmd lf rc f v rss
+  local -a PIN=("${PIN[@]}")
+  case $wl in fsread*|pool*) PIN=();; esac # the pool uses both cores
   cmd=$(cmd_for "$wl" "$rt")
   lf="$OUT/logs/$wl-$rt-r$r.txt"
   echo "\$ $cmd" > "$lf.cmd"
@@ -163,7 +182,7 @@ run_one() {
 
 # ---------------------------------------------------------------- measurements
 for rt in node luv; do
-  available "$rt" || { for wl in timers burst chain; do STATE["$wl|$rt"]=missing; done; log "$rt missing: its cells say so"; }
+  available "$rt" || { for wl in timers burst chain fsread fsread_orc pool1 pool64; do STATE["$wl|$rt"]=missing; done; log "$rt missing: its cells say so"; }
 done
 log "tide=$TIDE RUNS=$RUNS N=$N SLEEPERS=$SLEEPERS OUT=$OUT"
 # Repetitions are interleaved (run 1 of everything, then run 2, ...) so slow
@@ -175,6 +194,11 @@ for r in $(seq 1 "$RUNS"); do
     done
   done
   for wl in spawn_join sleep0 sleepers; do run_one "$wl" tide "$r"; done
+  for wl in fsread fsread_orc pool1 pool64; do
+    for rt in tide node luv; do
+      available "$rt" && [ -n "$(cmd_for "$wl" "$rt")" ] && run_one "$wl" "$rt" "$r"
+    done
+  done
 done
 
 # Startup: hyperfine over the empty scripts (unpinned, as the peers' workload E).
@@ -249,6 +273,22 @@ fi
   printf '| %s | %s | %s | %s |\n' "$NL × tide.sleep(0) in one task" "$(cell sleep0 tide ms '%.0f')" \
     "$(cell sleep0 tide ops_per_s '%.0f')" "$(cell sleep0 tide maxrss_mib '%.0f')"
   echo
+  echo "### The worker pool (unpinned; median (min–max) of $RUNS), ops/s"
+  echo
+  echo "| workload | tide | Node.js | LuaJIT + luv | tide / Node | tide / luv |"
+  echo "|---|---|---|---|---|---|"
+  printf '| %s | %s | %s | %s | %s | %s |\n' "$FSNL reads of a 4 KiB file, 64 at once (read_file / fs.readFile / open+read+close)" \
+    "$(cell fsread tide ops_per_s '%.0f')" "$(cell fsread node ops_per_s '%.0f')" "$(cell fsread luv ops_per_s '%.0f')" \
+    "$(ratio "$(med fsread tide ops_per_s)" "$(med fsread node ops_per_s)")" \
+    "$(ratio "$(med fsread tide ops_per_s)" "$(med fsread luv ops_per_s)")"
+  printf '| %s | | %s | | | |\n' "the same with Node's fs.open/read/close" "$(cell fsread_orc node ops_per_s '%.0f')"
+  printf '| %s | %s | | %s | | %s |\n' "$PNL empty pool round trips, one at a time (pool.noop / uv.new_work)" \
+    "$(cell pool1 tide ops_per_s '%.0f')" "$(cell pool1 luv ops_per_s '%.0f')" \
+    "$(ratio "$(med pool1 tide ops_per_s)" "$(med pool1 luv ops_per_s)")"
+  printf '| %s | %s | | %s | | %s |\n' "$PNL empty pool round trips, 64 at once" \
+    "$(cell pool64 tide ops_per_s '%.0f')" "$(cell pool64 luv ops_per_s '%.0f')" \
+    "$(ratio "$(med pool64 tide ops_per_s)" "$(med pool64 luv ops_per_s)")"
+  echo
   echo "### $SLEEPERS tasks sleeping at once (VmRSS before / after creating them, after a full GC)"
   echo
   echo "| RSS before KiB | RSS after KiB | bytes / task (RSS) | bytes / task (Lua heap) |"
@@ -272,6 +312,11 @@ fi
   printf "| \`tide -e ''\` startup < 5 ms | %s ms | %s |\n" "${sm:-?}" "$(verdict_lt "$sm" 5)"
   bp=$(med sleepers tide bytes_per_task || true)
   printf '| %s sleeping tasks < 1 KiB RSS each | %s bytes/task | %s |\n' "$SLEEPERS" "${bp:-?}" "$(verdict_lt "$bp" 1024)"
+  ft=$(med fsread tide ops_per_s || true); fn=$(med fsread node ops_per_s || true); fl=$(med fsread luv ops_per_s || true)
+  rr=$(ratio "$fn" "$ft"); [ "$rr" = n/a ] && rr=""
+  printf '| %s read_file ≥ 2 × Node fs.readFile | tide %s / node %s ops/s | %s |\n' "$FSNL" "${ft:-?}" "${fn:-?}" "$(verdict "$rr" 0.5)"
+  rr=$(ratio "$fl" "$ft"); [ "$rr" = n/a ] && rr=""
+  printf '| %s read_file ahead of luv open/read/close | tide %s / luv %s ops/s | %s |\n' "$FSNL" "${ft:-?}" "${fl:-?}" "$(verdict_lt "$rr" 1)"
   echo
 } >> "$TABLES"
 

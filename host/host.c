@@ -174,6 +174,7 @@ static int open_host(lua_State *L) {
   lua_setfield(L, -2, "tide");
   {
     static const luaL_Reg c_modules[] = {{"tide.pool", tide__open_pool},
+                                         {"tide.worker.c", tide__open_worker},
                                          {NULL, NULL}};
     const luaL_Reg *r;
     for (r = c_modules; r->name; r++) {

@@ -32,6 +32,7 @@
 #include "internal.h"
 
 #define MAX_DEPTH 100   /* tables nested deeper than this are refused */
+#define MAX_DEPTH_S "100"
 #define MAX_VALUES 7000 /* results of one call (a C function's stack holds
                            LUAI_MAXCSTACK = 8000 slots) */
 
@@ -103,8 +104,8 @@ typedef struct enc {
   int pstart;       /* path is path + pstart */
 } enc;
 
-static int fail(enc *e, const char *fmt, const char *arg) {
-  snprintf(e->err, sizeof e->err, fmt, arg);
+static int fail(enc *e, const char *what) {
+  snprintf(e->err, sizeof e->err, "%s", what);
   return -1;
 }
 
@@ -171,20 +172,19 @@ static int encode_table(enc *e, int idx) {
   lua_Number mark;
   uint32_t id, pairs = 0;
   size_t at;
-  if (!lua_checkstack(L, 6)) return fail(e, "%sstack overflow", "");
+  if (!lua_checkstack(L, 6)) return fail(e, "stack overflow");
   lua_pushvalue(L, idx);
   lua_rawget(L, e->seen);
   mark = lua_tonumber(L, -1);
   lua_pop(L, 1);
-  if (mark < 0) return fail(e, "%scannot copy a table that contains itself", "");
+  if (mark < 0) return fail(e, "cannot copy a table that contains itself");
   if (mark > 0) { /* shared, not a cycle: the copy shares it too */
     buf_tag(b, 'R');
     buf_u32(b, (uint32_t)mark);
     return 0;
   }
   if (e->depth >= MAX_DEPTH)
-    return fail(e, "cannot copy tables nested more than %s deep",
-                MAX_DEPTH == 100 ? "100" : "the limit");
+    return fail(e, "cannot copy tables nested more than " MAX_DEPTH_S " deep");
   id = ++e->ntables;
   lua_pushvalue(L, idx);
   lua_pushnumber(L, -(lua_Number)id);
@@ -195,22 +195,16 @@ static int encode_table(enc *e, int idx) {
   buf_u32(b, 0);
   buf_u32(b, (uint32_t)lua_objlen(L, idx));
   lua_pushnil(L);
-  while (lua_next(L, idx)) {
+  while (lua_next(L, idx)) { /* on failure, encode_values resets the stack */
     int key = lua_gettop(L) - 1;
     if (encode_value(e, key) != 0) {
-      if (!e->err[0]) return -1;
-      /* the key itself was refused: say so, and where its table is */
-      if (strncmp(e->err, "cannot copy a ", 14) == 0 &&
-          strlen(e->err) + 12 < sizeof e->err)
+      /* a refused key: the path names the table that holds it */
+      if (!e->path[e->pstart] && strlen(e->err) + 14 < sizeof e->err)
         strcat(e->err, " used as a key");
-      lua_pop(L, 2);
-      e->depth--;
       return -1;
     }
     if (encode_value(e, key + 1) != 0) {
       path_key(e, key);
-      lua_pop(L, 2);
-      e->depth--;
       return -1;
     }
     pairs++;
@@ -252,7 +246,8 @@ static int encode_value(enc *e, int idx) {
   case LUA_TTABLE:
     return encode_table(e, idx < 0 ? lua_gettop(L) + idx + 1 : idx);
   default: /* function, userdata, thread, cdata */
-    return fail(e, "cannot copy a %s", luaL_typename(L, idx));
+    snprintf(e->err, sizeof e->err, "cannot copy a %s", luaL_typename(L, idx));
+    return -1;
   }
 }
 
@@ -525,69 +520,63 @@ typedef struct run_ctx {
   wjob *j;
 } run_ctx;
 
-/* (protected, on the worker state) require, look up, call, encode */
+/* (protected) The message on top of L is the job's answer. */
+static int answer(lua_State *L, wjob *j, int status) {
+  size_t len;
+  const char *m = lua_tolstring(L, -1, &len);
+  job_message(j, status, m ? m : "?", m ? len : 1);
+  return 0;
+}
+
+/* (protected, on the worker state) require, look up, call, encode. The
+ * stack: handler, module name, function name, arguments... */
 static int run_protected(lua_State *L) {
   run_ctx *c = lua_touserdata(L, 1);
   wjob *j = c->j;
-  int handler, fn, n;
+  int n, nargs, bad;
   const char *mod, *name;
   char msg[200];
   lua_settop(L, 0);
   set_path(L, &c->w->path, "path", j->path);
   set_path(L, &c->w->cpath, "cpath", j->cpath);
   lua_pushcfunction(L, l_traceback);
-  handler = 1;
   if ((n = decode_values(L, &j->in)) < 2)
     return luaL_error(L, "tide.worker: the job's arguments are damaged");
+  nargs = n - 2;
   mod = lua_tostring(L, 2);
   name = lua_tostring(L, 3);
 
   lua_getglobal(L, "require");
   lua_pushvalue(L, 2);
-  if (lua_pcall(L, 1, 1, handler) != 0) {
-    j->status = ST_FAILED;
-    return 1;
-  }
+  if (lua_pcall(L, 1, 1, 1) != 0) return answer(L, j, ST_FAILED);
   if (!lua_istable(L, -1) && !lua_isuserdata(L, -1)) {
     lua_pushfstring(L, "module '%s' returned a %s, not a table of functions",
                     mod, luaL_typename(L, -1));
-    j->status = ST_FAILED;
-    return 1;
+    return answer(L, j, ST_FAILED);
   }
   lua_pushvalue(L, 3);
   lua_gettable(L, -2);
-  if (!lua_isfunction(L, -1) && !luaL_getmetafield(L, -1, "__call")) {
-    lua_pushfstring(L, "module '%s' has no function '%s'", mod, name);
-    j->status = ST_FAILED;
-    return 1;
+  if (!lua_isfunction(L, -1)) {
+    if (!luaL_getmetafield(L, -1, "__call")) {
+      lua_pushfstring(L, "module '%s' has no function '%s'", mod, name);
+      return answer(L, j, ST_FAILED);
+    }
+    lua_pop(L, 1); /* callable: pcall calls through __call */
   }
-  lua_settop(L, lua_gettop(L)); /* the __call field, if any, is popped: */
-  if (!lua_isfunction(L, -1) && !lua_isfunction(L, -2)) lua_pop(L, 1);
-  fn = lua_gettop(L);
-  if (lua_isfunction(L, -2) && !lua_isfunction(L, -1)) fn--; /* unused */
-  /* move fn after the arguments: handler, mod, name, args..., module, fn */
-  lua_insert(L, 4);  /* fn first, before the arguments */
-  lua_settop(L, 3 + 1 + (n - 2)); /* drop the module table */
-  fn = 4;
-  if (lua_pcall(L, n - 2, LUA_MULTRET, handler) != 0) {
-    j->status = ST_FAILED;
-    return 1;
-  }
-  n = lua_gettop(L) - fn + 1; /* results */
+  lua_remove(L, -2); /* the module */
+  lua_insert(L, 4);  /* the function, before the arguments */
+  if (lua_pcall(L, nargs, LUA_MULTRET, 1) != 0) return answer(L, j, ST_FAILED);
+  n = lua_gettop(L) - 3; /* the results, from 4 */
   if (n > MAX_VALUES) {
     lua_pushfstring(L, "bad result from worker '%s.%s' (more than %d results)",
                     mod, name, MAX_VALUES);
-    j->status = ST_REFUSED;
-    return 1;
+    return answer(L, j, ST_REFUSED);
   }
-  {
-    int bad = encode_values(L, fn, fn + n - 1, &j->out, msg, sizeof msg);
-    if (bad) {
-      lua_pushfstring(L, "bad result #%d from worker '%s.%s' (%s)", bad, mod,
-                      name, msg);
-      j->status = ST_REFUSED;
-      return 1;
-    }
+  bad = encode_values(L, 4, 3 + n, &j->out, msg, sizeof msg);
+  if (bad) {
+    lua_pushfstring(L, "bad result #%d from worker '%s.%s' (%s)", bad, mod,
+                    name, msg);
+    return answer(L, j, ST_REFUSED);
   }
   j->status = ST_OK;
   return 0;
@@ -598,28 +587,22 @@ static void work(void *data) {
   wjob *j = data;
   wstate *w = thread_state();
   run_ctx c;
-  lua_State *L;
-  int rc;
   if (!w) {
     static const char m[] = "tide.worker: cannot create a Lua state (memory)";
     job_message(j, ST_FAILED, m, sizeof m - 1);
     return;
   }
-  L = w->L;
   c.w = w;
   c.j = j;
-  rc = lua_cpcall(L, run_protected, &c);
-  if (rc != 0 || j->status != ST_OK) {
-    /* the message is on top: the error of cpcall, or the one pushed */
+  if (lua_cpcall(w->L, run_protected, &c) != 0) { /* memory, mostly */
     size_t len = 0;
-    const char *m = lua_tolstring(L, -1, &len);
+    const char *m = lua_tolstring(w->L, -1, &len);
     if (!m) m = "tide.worker: unknown error", len = strlen(m);
-    job_message(j, rc != 0 ? ST_FAILED : j->status, m, len);
+    job_message(j, ST_FAILED, m, len);
   }
-  lua_settop(L, 0);
+  lua_settop(w->L, 0);
   if (j->out.oom) {
     static const char m[] = "tide.worker: not enough memory for the results";
-    buf_free(&j->out);
     job_message(j, ST_FAILED, m, sizeof m - 1);
   }
 }
