@@ -201,14 +201,15 @@ static int l_exit(lua_State *L) {
 }
 
 /* C.set_runners(run_task, run_direct, start, run_timers, run_immediates,
- * run_closing, complete, blocking): the scheduler's entry points (see
- * tide__call and request.c). */
+ * run_closing, complete, blocking, stop): the scheduler's entry points
+ * (see tide__call, request.c and tide_stop). */
 static int l_set_runners(lua_State *L) {
   tide_host *h = HOST(L);
   int *refs[] = {&h->ref_run_task,   &h->ref_run_direct,
                  &h->ref_start,      &h->ref_run_timers,
                  &h->ref_run_immediates, &h->ref_run_closing,
-                 &h->ref_complete,   &h->ref_blocking};
+                 &h->ref_complete,   &h->ref_blocking,
+                 &h->ref_stop};
   int i, n = (int)(sizeof refs / sizeof refs[0]);
   for (i = 1; i <= n; i++) luaL_checktype(L, i, LUA_TFUNCTION);
   for (i = n; i >= 1; i--) {

@@ -212,7 +212,7 @@ tide_host *tide_host_new(const tide_options *opts, char *err, size_t errlen) {
   h->phase = TIDE_PHASE_MAIN;
   h->start = h->now = tide__hrtime();
   h->ref_run_task = h->ref_run_direct = h->ref_start = LUA_NOREF;
-  h->ref_complete = h->ref_blocking = LUA_NOREF;
+  h->ref_complete = h->ref_blocking = h->ref_stop = LUA_NOREF;
   h->threads = h->opts.threads;
   if (h->threads <= 0 && (env = getenv("TIDE_THREADPOOL_SIZE")) != NULL)
     h->threads = atoi(env);
@@ -220,7 +220,16 @@ tide_host *tide_host_new(const tide_options *opts, char *err, size_t errlen) {
   if (h->threads > 1024) h->threads = 1024;
   tide__timers_init(&h->timers);
 
-  h->base = event_base_new();
+  {
+    /* libevent otherwise times its waits with the coarse clock (4 ms
+     * here), and timers would wake milliseconds late */
+    struct event_config *cfg = event_config_new();
+    if (cfg) {
+      event_config_set_flag(cfg, EVENT_BASE_FLAG_PRECISE_TIMER);
+      h->base = event_base_new_with_config(cfg);
+      event_config_free(cfg);
+    }
+  }
   if (!h->base) why = "could not create the event base";
   if (!why && !(h->L = luaL_newstate())) why = "not enough memory";
   if (!why) {

@@ -110,6 +110,7 @@ struct tide_host {
   struct tide__pool *pool; /* pool.c; NULL until first used */
   int ref_complete; /* core.lua's complete(req, ...) (see request.c) */
   int ref_blocking; /* core.lua's blocking(start) -> waiting function */
+  int ref_stop;     /* core.lua's stop_batches() (see tide_stop) */
 
   tide_options opts;
 };

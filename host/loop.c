@@ -227,8 +227,11 @@ static void run_closing(tide_host *h) {
   phase_end(h, TIDE_PHASE_CLOSE, dlist_run(h, &h->closing), t0);
 }
 
+static void stop_batches(tide_host *h, int on);
+
 int tide_loop_run(tide_host *h, tide_run_mode mode) {
   int alive = tide__loop_alive(h);
+  if (h->stop) stop_batches(h, 0);
   h->stop = 0;
   h->running++;
   while (alive && !HALTED(h)) {
@@ -248,7 +251,19 @@ int tide_loop_run(tide_host *h, tide_run_mode mode) {
   return alive ? 1 : 0;
 }
 
-void tide_stop(tide_host *h) { h->stop = 1; }
+/* Lua's batches (a run of timers, the immediates of a check phase) are
+ * told too, or they would go on to their end. */
+static void stop_batches(tide_host *h, int on) {
+  if (!h->L || h->ref_stop == LUA_NOREF) return;
+  lua_rawgeti(h->L, LUA_REGISTRYINDEX, h->ref_stop);
+  lua_pushboolean(h->L, on);
+  if (lua_pcall(h->L, 1, 0, 0) != 0) lua_pop(h->L, 1);
+}
+
+void tide_stop(tide_host *h) {
+  h->stop = 1;
+  stop_batches(h, 1);
+}
 
 /* For tide_host_free: nothing fires or polls any more; the deferred
  * callbacks (clean-ups of requests and handles) still run. */

@@ -309,8 +309,8 @@ void tide__pool_stats(tide_host *h, int *threads, size_t *queued,
 
 /* For tide_host_free, with the Lua state still open: queued jobs are
  * cancelled, running ones finish, threads are joined, and every job's done
- * runs (cancelled = 1 for all but those that finished) before this
- * returns, so none runs after the host is gone. */
+ * runs before this returns, with cancelled = 1 (their tasks go with the
+ * host: only clean up), so none runs after the host is gone. */
 void tide__pool_shutdown(tide_host *h) {
   struct tide__pool *p = h->pool;
   tide_job *j, *cancelled = NULL, *finished;

@@ -90,11 +90,12 @@ static int l_req_close(lua_State *L) {
   return 0;
 }
 
-void tide_push_blocking(lua_State *L, lua_CFunction start) {
+void tide_push_blocking(lua_State *L, lua_CFunction start, const char *name) {
   tide_host *h = tide_from_lua(L);
   lua_rawgeti(L, LUA_REGISTRYINDEX, h->ref_blocking);
   lua_pushcfunction(L, start);
-  lua_call(L, 1, 1);
+  lua_pushstring(L, name);
+  lua_call(L, 2, 1);
 }
 
 void tide__open_requests(lua_State *L) {

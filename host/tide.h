@@ -157,8 +157,9 @@ int tide_blocking(lua_State *L, void *data, void (*work)(void *data),
 
 /* Pushes a Lua function that calls start(...) and waits for the request it
  * returns; the function returns what push pushed. It must be called in a
- * task. */
-void tide_push_blocking(lua_State *L, lua_CFunction start);
+ * task. name is the function's name for error messages ("bad argument #1
+ * to 'name'"). */
+void tide_push_blocking(lua_State *L, lua_CFunction start, const char *name);
 
 #ifdef __cplusplus
 }

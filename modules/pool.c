@@ -89,9 +89,9 @@ static int l_stats(lua_State *L) {
 
 int tide__open_pool(lua_State *L) {
   lua_newtable(L);
-  tide_push_blocking(L, start_sleep);
+  tide_push_blocking(L, start_sleep, "sleep");
   lua_setfield(L, -2, "sleep");
-  tide_push_blocking(L, start_noop);
+  tide_push_blocking(L, start_noop, "noop");
   lua_setfield(L, -2, "noop");
   lua_pushcfunction(L, l_stats);
   lua_setfield(L, -2, "stats");

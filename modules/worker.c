@@ -91,7 +91,7 @@ static void buf_free(wbuf *b) {
 
 /* --- encoding (either thread, on the state that holds the values) --------- */
 
-#define PATH_MAX_LEN 200
+#define PATH_MAX_LEN 96
 
 typedef struct enc {
   lua_State *L;
@@ -501,9 +501,13 @@ static void set_path(lua_State *L, char **cur, const char *field, const char *s)
   lua_pop(L, 1);
 }
 
-/* The message handler of the worker's calls: the message and traceback. */
+/* The message handler of the worker's calls: the message and the
+ * traceback of its Lua frames. The C frames at the bottom (require, this
+ * file's run_protected) are dropped, and a traceback with nothing else
+ * (a module not found) is dropped whole. */
 static int l_traceback(lua_State *L) {
-  const char *msg = lua_tostring(L, 1);
+  const char *msg = lua_tostring(L, 1), *s, *nl;
+  size_t len;
   if (!msg) {
     if (luaL_callmeta(L, 1, "__tostring") && lua_isstring(L, -1))
       msg = lua_tostring(L, -1);
@@ -512,6 +516,20 @@ static int l_traceback(lua_State *L) {
                             luaL_typename(L, 1));
   }
   luaL_traceback(L, L, msg, 1);
+  s = lua_tolstring(L, -1, &len);
+  for (;;) {
+    for (nl = s + len; nl > s && nl[-1] != '\n'; nl--) {}
+    if (nl == s) break;
+    if (strncmp(nl, "\t[C]:", 5) == 0) {
+      len = (size_t)(nl - 1 - s);
+    } else if (strncmp(nl, "stack traceback:", 16) == 0) {
+      len = (size_t)(nl - 1 - s);
+      break;
+    } else {
+      break;
+    }
+  }
+  lua_pushlstring(L, s, len);
   return 1;
 }
 
@@ -535,7 +553,7 @@ static int run_protected(lua_State *L) {
   wjob *j = c->j;
   int n, nargs, bad;
   const char *mod, *name;
-  char msg[200];
+  char msg[256];
   lua_settop(L, 0);
   set_path(L, &c->w->path, "path", j->path);
   set_path(L, &c->w->cpath, "cpath", j->cpath);
@@ -637,7 +655,7 @@ static char *copy_field(lua_State *L, const char *field) {
 
 /* C.start(module, fn_name, ...) -> request / nil, message */
 static int l_start(lua_State *L) {
-  char msg[200];
+  char msg[256];
   int top = lua_gettop(L), bad;
   wjob *j;
   luaL_checktype(L, 1, LUA_TSTRING);

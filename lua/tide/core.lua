@@ -2,10 +2,11 @@
 -- cancellation, timeouts, channels, semaphores and conditions.
 --
 -- host/core.c calls the function this file returns with the C primitives
--- and gets the `tide` module back. The loop enters Lua only through
--- run_task, run_direct and start (see C.set_runners); each of them drains
--- the ready queue before it returns, so the queue is empty between any two
--- callbacks of the loop.
+-- and gets the `tide` module back. The loop enters Lua only through the
+-- functions given to C.set_runners (run_timers, run_immediates,
+-- run_closing, run_direct, start, ...); each of them drains the ready
+-- queue before it returns, so the queue is empty between any two callbacks
+-- of the loop.
 --
 -- Tasks run in pooled coroutines ("runners"). A runner runs one job after
 -- another: a spawned task, or a timer, immediate or next callback. A
@@ -119,7 +120,10 @@ local function failure(co, e)
   if type(e) == "table" or type(e) == "userdata" then return e end
   if e == nil then e = "(error object is a nil value)" end
   -- the frames under the job's own function are the scheduler's
-  return (traceback(co, tostring(e)):gsub("\n[^\n]*lua/tide/core%.lua:[^\n]*$", ""))
+  local tb = traceback(co, tostring(e))
+  local i = tb:find("\n[^\n]*in function 'call_cb'") or
+            tb:find("\n[^\n]*lua/tide/core%.lua:%d+: in function <lua/tide/core%.lua")
+  return i and tb:sub(1, i - 1) or tb
 end
 
 -- A runner runs job(arg) after job(arg) (arg nil: job()).
@@ -420,9 +424,11 @@ end
 -- without a resume per callback. When a callback waits, its runner becomes
 -- its task and the batch goes on in another runner (run_batch); when that
 -- callback ends later, its runner leaves the batch.
+local stopped = false -- tide_stop was called: batches end after this callback
+
 local function batch(next_job)
   local co = cur_co
-  while not exiting do
+  while not exiting and not stopped do
     local cb = next_job()
     if cb == nil then return end
     call_cb(cb) -- if it raises, this runner ends and run_batch goes on
@@ -438,7 +444,7 @@ end
 local drain
 
 local function run_batch(next_job)
-  while not exiting do
+  while not exiting and not stopped do
     local co = take_runner()
     local ok, r = run_in(co, batch, next_job)
     while ok and r == DRAIN do
@@ -454,6 +460,9 @@ local function run_batch(next_job)
   end
   drain()
 end
+
+-- (tide_stop: true; the loop starting again: false)
+local function stop_batches(on) stopped = on end
 
 local draining = false
 local only_callbacks = false -- exiting: close callbacks run, no task does
@@ -848,6 +857,7 @@ end
 
 -- close([fn]): stop for good; fn(timer) runs in the close phase
 function Timer:close(fn)
+  check_timer(self, "close")
   if self.closed then return end
   if fn ~= nil then check_function(fn, 1, "close") end
   self:stop()
@@ -989,12 +999,23 @@ end
 tide._await = await
 
 -- the function tide_push_blocking gives C modules
-local function blocking(start)
-  return function(...) return await(start(...), nil, "a blocking call") end
+-- (the start function is called through a local of the call's name, so
+-- that its argument errors name the call, as luaL_argerror takes the name
+-- from the calling code)
+local function blocking(start, name)
+  if type(name) ~= "string" or not name:match("^[%a_][%w_]*$") then
+    name = "start"
+  end
+  return assert(loadstring(([[
+    local %s, await, current_task = ...
+    return function(...)
+      current_task(%q)
+      return await(%s(...), nil, %q)
+    end]]):format(name, name, name, name), "=" .. name))(start, await, current_task)
 end
 
 C.set_runners(run_task, run_direct, start, run_timers, run_immediates,
-              run_closing, complete, blocking)
+              run_closing, complete, blocking, stop_batches)
 
 -- Coroutines a script makes run inside its task. A wait inside one cannot
 -- park the task, so it raises a clear error; user_depth tells waits.
@@ -1004,6 +1025,7 @@ local function leave(...)
 end
 
 function coroutine.resume(co, ...)
+  if type(co) ~= "thread" then return resume(co, ...) end -- its error
   user_depth = user_depth + 1
   return leave(resume(co, ...))
 end
@@ -1041,7 +1063,9 @@ function tide.current()
 end
 
 function tide.sleep(s)
-  park(nil, check_seconds(s, 1, "sleep"), "sleep")
+  s = check_seconds(s, 1, "sleep")
+  current_task("sleep") -- (here, so that its error names the caller's line)
+  park(nil, s, "sleep")
 end
 
 function tide.yield()

@@ -20,11 +20,12 @@ local type, error = type, error
 local worker = {max_depth = C.max_depth}
 
 -- status, ... from modules/worker.c's push: 0 and the results; 1 and the
--- worker's error; 2 and why a result could not be copied (raised).
+-- worker's error; 2 and why a result could not be copied (raised). run
+-- tail-calls it, so level 2 is run's caller.
 local function finish(status, ...)
   if status == 0 then return ... end
   if status == 1 then return nil, (...) end
-  error((...), 3)
+  error((...), 2)
 end
 
 function worker.run(module, fn_name, ...)

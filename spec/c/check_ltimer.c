@@ -4,8 +4,9 @@
  *
  * Each test creates a real host (tide_host_new), so h->start, h->now,
  * h->timers and h->refs are the loop's own, and calls the functions that
- * lua/tide/core.lua reaches through the FFI directly, as Lua would, but
- * without Lua knowing of the slots. The layout of a slot is private to
+ * lua/tide/core.lua reaches through the FFI directly, as Lua would (Lua
+ * itself starts no timer, so it never learns of these slots; one test at
+ * the end runs Lua's own timers). The layout of a slot is private to
  * ltimer.c, so what a slot holds is checked through the public calls: the
  * ids start_at returns, the order and the deadlines lt_pop and lt_next
  * report, h->refs and h->timers.count.
@@ -80,7 +81,7 @@ static void c_def_cb(tide_host *h, tide__deferred *d) {
   c_def_runs++;
 }
 
-/* ---- slot ids ------------------------------------------------------------- */
+/* ---- slot ids ------------------------------------------------------------ */
 
 START_TEST(test_ids_start_at_1_lifo) {
   tide_host *h = new_host();
@@ -494,7 +495,7 @@ START_TEST(test_pop_lag_stats) {
 }
 END_TEST
 
-/* ---- lt_next, clocks ------------------------------------------------------ */
+/* ---- lt_next, clocks ----------------------------------------------------- */
 
 START_TEST(test_next_any_timer) {
   tide_host *h = new_host();
@@ -558,7 +559,7 @@ START_TEST(test_clocks) {
 }
 END_TEST
 
-/* ---- invalid ids ------------------------------------------------------------ */
+/* ---- invalid ids --------------------------------------------------------- */
 
 START_TEST(test_start_at_invalid_id_allocates) {
   tide_host *h = new_host();
@@ -645,7 +646,7 @@ START_TEST(test_stop_invalid_id_noop) {
 }
 END_TEST
 
-/* ---- Lua's immediate node and close node ------------------------------------ */
+/* ---- Lua's immediate node and close node --------------------------------- */
 
 START_TEST(test_imm_set_refs) {
   tide_host *h = new_host();
@@ -847,7 +848,7 @@ START_TEST(test_free_all_then_reuse) {
 }
 END_TEST
 
-/* ---- with Lua ------------------------------------------------------------- */
+/* ---- with Lua ------------------------------------------------------------ */
 
 /* Lua's timers take slots from the same table: a tide.after list holds
  * a referenced slot, an unref'd one does not count, and the loop hands
@@ -857,11 +858,12 @@ END_TEST
 START_TEST(test_lua_timers_use_slots) {
   tide_host *h = new_host();
   lua_State *L = tide_lua(h);
-  ck_assert_int_eq(luaL_dostring(L, "n = 0\n"
-                                    "tide.after(0.002, function() n = n + 1 end)\n"
-                                    "local t = tide.after(0, function() n = n + 10 end)\n"
-                                    "t:unref()"),
-                   0);
+  ck_assert_int_eq(
+      luaL_dostring(L, "n = 0\n"
+                       "tide.after(0.002, function() n = n + 1 end)\n"
+                       "local t = tide.after(0, function() n = n + 10 end)\n"
+                       "t:unref()"),
+      0);
   ck_assert_int_eq(h->lt_nchunks, 1);
   ck_assert_uint_eq(h->timers.count, 2);
   ck_assert_int_eq(h->refs, 1);
