@@ -619,6 +619,7 @@ static void work(void *data) {
     job_message(j, ST_FAILED, m, len);
   }
   lua_settop(w->L, 0);
+  buf_free(&j->in); /* decoded: not needed until the job is freed */
   if (j->out.oom) {
     static const char m[] = "tide.worker: not enough memory for the results";
     job_message(j, ST_FAILED, m, sizeof m - 1);

@@ -537,6 +537,7 @@ local Every = {__index = Timer}
 local lists = {}  -- delay -> its shared list
 local cslots = {} -- C timer slot -> list
 local idle_lists = 0 -- empty lists kept in `lists`
+local live_timers, armed_lists = 0, 0 -- for tide.stats()
 local cur -- the list the timers phase is running (see next_timer)
 local floor = math.floor
 
@@ -566,6 +567,7 @@ local function list_sync(L)
       C_stop(L.cid)
       cslots[L.cid] = nil
       L.cid = 0
+      armed_lists = armed_lists - 1
     end
     L.head, L.tail, L.holes = 1, 0, 0
     -- an empty shared list stays for its next timer (a task sleeping in a
@@ -584,6 +586,7 @@ local function list_sync(L)
   end
   local id = C_start_at(L.cid, ds[h], L.refd > 0)
   if id < 0 then error("not enough memory", 0) end
+  if L.cid == 0 then armed_lists = armed_lists + 1 end
   L.cid = id
   cslots[id] = L
 end
@@ -607,6 +610,7 @@ local function add(tm, d, key)
   local n = L.tail + 1
   L.ts[n], L.ds[n], L.tail = tm, d, n
   tm[2] = n
+  live_timers = live_timers + 1
   local live = L.live + 1
   L.live = live
   if getmetatable(tm) == Every then tm.list = L end
@@ -626,6 +630,7 @@ local function remove(tm)
   local pos = tm[2]
   tm[2] = 0
   tm.list = nil
+  live_timers = live_timers - 1
   L.ts[pos] = false
   L.live = L.live - 1
   L.holes = L.holes + 1
@@ -670,6 +675,7 @@ local function take(L, h, tm, d)
   L.ts[h], L.ds[h] = nil, nil
   L.head = h + 1
   L.live = L.live - 1
+  live_timers = live_timers - 1
   if not tm.noref then L.refd = L.refd - 1 end
   tm[2] = 0
   if tm.list then -- every: the next beat, without drift
@@ -710,6 +716,7 @@ local function next_timer_slow()
     L = cslots[id]
     cslots[id] = nil
     L.cid = 0
+    armed_lists = armed_lists - 1
     cur, cur_now, cur_other = L, now, other
     if cur_other < 0 then cur_other = huge end
   end
@@ -1133,6 +1140,7 @@ function tide.stats()
   local s = C.stats()
   s.tasks = ntasks
   s.immediates = iq_live
+  s.timers = live_timers + s.timers - armed_lists -- Lua's, and C modules'
   return s
 end
 
