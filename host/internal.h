@@ -170,6 +170,7 @@ int tide__open_core(lua_State *L);
 /* modules/: the C modules built in, opened by require "tide.<name>" (or,
  * for those with a Lua half in lua/tide/<name>.lua, "tide.<name>.c") */
 int tide__open_pool(lua_State *L);
+int tide__open_fs(lua_State *L);
 int tide__open_worker(lua_State *L);
 
 /* lua_modules.c (generated): the embedded lua/tide/ *.lua files */

@@ -95,8 +95,7 @@ int32_t tide__lt_start_at(tide_host *h, int32_t id, double deadline,
     if ((id = slot_alloc(h)) < 0) return -1;
     s = slot(h, id);
   }
-  was = tide__timer_active(&s->ct.t);
-  if (was) tide__timer_stop(&h->timers, &s->ct.t);
+  was = tide__timer_active(&s->ct.t); /* start_at restarts it in place */
   if (tide__timer_start_at(&h->timers, &s->ct.t, h->start + (int64_t)deadline,
                            0) != 0) {
     if (was && s->ref) h->refs--;
