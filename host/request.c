@@ -36,13 +36,21 @@ static void req_release(lreq *r) {
   r->data = NULL;
 }
 
+/* push(L, data), in protected mode: a push that runs out of memory must
+ * not escape the poll phase */
+static int push_results(lua_State *L) {
+  lreq *r = lua_touserdata(L, 1);
+  lua_pop(L, 1);
+  return r->push(L, r->data);
+}
+
 /* Loop thread: hand the results to core.lua's complete(req, ...), which
  * wakes the waiting task. */
 static void req_done(tide_job *j, int cancelled) {
   lreq *r = (lreq *)j;
   tide_host *h = r->h;
   lua_State *L = h->L;
-  int anchor = r->anchor, n;
+  int anchor = r->anchor, n, base;
   r->anchor = LUA_NOREF;
   if (cancelled || r->abandoned) {
     req_release(r);
@@ -52,7 +60,14 @@ static void req_done(tide_job *j, int cancelled) {
   lua_rawgeti(L, LUA_REGISTRYINDEX, h->ref_complete);
   tide__push_anchor(h, L, anchor);
   tide__unanchor(h, L, anchor);
-  n = r->push(L, r->data);
+  base = lua_gettop(L);
+  lua_pushcfunction(L, push_results);
+  lua_pushlightuserdata(L, r);
+  if (lua_pcall(L, 1, LUA_MULTRET, 0) != 0) { /* push failed (memory) */
+    lua_pushnil(L); /* the task gets nil, message */
+    lua_insert(L, -2);
+  }
+  n = lua_gettop(L) - base;
   req_release(r);
   tide__call(h, h->ref_run_direct, 2 + n);
 }

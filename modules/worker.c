@@ -3,12 +3,14 @@
  * (lua/tide/worker.lua is the other): Lua functions run on a pool
  * thread's own lua_State.
  *
- *   C.start(module, fn_name, ...) -> request / nil, message
- *       copies the arguments into a job and submits it (tide_blocking);
- *       lua/tide/worker.lua waits on the request with tide._await, and
- *       gets back status, ...: 0 and the results, 1 and the message of an
- *       error in the worker, 2 and the message of a result that cannot be
- *       copied (the Lua half raises that one in the caller).
+ *   C.pack(module, fn_name, ...) -> args / nil, message
+ *       copies the call into a buffer (the message: what could not be
+ *       copied, which the Lua half raises in the caller)
+ *   C.run(args) -> status, ...
+ *       a blocking call (tide_push_blocking): the task waits while a pool
+ *       thread runs the job; status 0 and the results, 1 and the message
+ *       of an error in the worker, 2 and the message of a result that
+ *       cannot be copied (raised in the caller by the Lua half)
  *
  * Values cross threads only as bytes: the loop thread encodes the
  * arguments into a buffer, the pool thread decodes them into its own state,
@@ -20,7 +22,6 @@
  * closes it when the thread exits, which tide_host_free makes happen
  * (tide__pool_shutdown joins the threads).
  */
-#include <math.h>
 #include <pthread.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -32,7 +33,8 @@
 #include "internal.h"
 
 #define MAX_DEPTH 100   /* tables nested deeper than this are refused */
-#define MAX_DEPTH_S "100"
+#define STR_(x) #x
+#define STR(x) STR_(x)
 #define MAX_VALUES 7000 /* results of one call (a C function's stack holds
                            LUAI_MAXCSTACK = 8000 slots) */
 
@@ -184,7 +186,7 @@ static int encode_table(enc *e, int idx) {
     return 0;
   }
   if (e->depth >= MAX_DEPTH)
-    return fail(e, "cannot copy tables nested more than " MAX_DEPTH_S " deep");
+    return fail(e, "cannot copy tables nested more than " STR(MAX_DEPTH) " deep");
   id = ++e->ntables;
   lua_pushvalue(L, idx);
   lua_pushnumber(L, -(lua_Number)id);
@@ -654,11 +656,27 @@ static char *copy_field(lua_State *L, const char *field) {
   return copy;
 }
 
-/* C.start(module, fn_name, ...) -> request / nil, message */
-static int l_start(lua_State *L) {
+/* The arguments of a call, encoded, between C.pack and C.run. */
+#define ARGS_MT "tide.worker.args"
+
+typedef struct largs {
+  wjob *j; /* NULL once sent */
+} largs;
+
+static int l_args_gc(lua_State *L) {
+  largs *a = luaL_checkudata(L, 1, ARGS_MT);
+  if (a->j) job_free(a->j);
+  a->j = NULL;
+  return 0;
+}
+
+/* C.pack(module, fn_name, ...) -> args / nil, message: the module name,
+ * function name and arguments copied into a buffer, with the host's
+ * package.path and cpath. */
+static int l_pack(lua_State *L) {
   char msg[256];
   int top = lua_gettop(L), bad;
-  wjob *j;
+  largs *a;
   luaL_checktype(L, 1, LUA_TSTRING);
   luaL_checktype(L, 2, LUA_TSTRING);
   if (top - 2 > MAX_VALUES) {
@@ -667,23 +685,45 @@ static int l_start(lua_State *L) {
                     MAX_VALUES + 3, MAX_VALUES);
     return 2;
   }
-  if (!(j = calloc(1, sizeof *j))) return luaL_error(L, "not enough memory");
-  bad = encode_values(L, 1, top, &j->in, msg, sizeof msg);
+  a = lua_newuserdata(L, sizeof *a); /* first: a job is never left unowned */
+  a->j = NULL;
+  luaL_getmetatable(L, ARGS_MT);
+  lua_setmetatable(L, -2);
+  if (!(a->j = calloc(1, sizeof *a->j))) return luaL_error(L, "not enough memory");
+  bad = encode_values(L, 1, top, &a->j->in, msg, sizeof msg);
   if (bad) {
-    job_free(j);
+    job_free(a->j);
+    a->j = NULL;
     lua_pushnil(L);
     lua_pushfstring(L, "bad argument #%d to 'run' (%s)", bad, msg);
     return 2;
   }
-  j->path = copy_field(L, "path");
-  j->cpath = copy_field(L, "cpath");
+  a->j->path = copy_field(L, "path");
+  a->j->cpath = copy_field(L, "cpath");
+  return 1;
+}
+
+/* C.run(args) -> status, ...: the start function of the blocking call
+ * (tide_push_blocking has checked that it runs in a task). The job leaves
+ * args for the request. */
+static int start_run(lua_State *L) {
+  largs *a = luaL_checkudata(L, 1, ARGS_MT);
+  wjob *j = a->j;
+  if (!j) return luaL_argerror(L, 1, "arguments sent already");
+  a->j = NULL;
   return tide_blocking(L, j, work, push, job_free, 0);
 }
 
 int tide__open_worker(lua_State *L) {
+  luaL_newmetatable(L, ARGS_MT);
+  lua_pushcfunction(L, l_args_gc);
+  lua_setfield(L, -2, "__gc");
+  lua_pop(L, 1);
   lua_newtable(L);
-  lua_pushcfunction(L, l_start);
-  lua_setfield(L, -2, "start");
+  lua_pushcfunction(L, l_pack);
+  lua_setfield(L, -2, "pack");
+  tide_push_blocking(L, start_run, "run");
+  lua_setfield(L, -2, "run");
   lua_pushinteger(L, MAX_DEPTH);
   lua_setfield(L, -2, "max_depth");
   return 1;

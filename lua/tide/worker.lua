@@ -12,9 +12,8 @@
 --       cancelled call's job runs to its end and its results are dropped.
 
 local C = require "tide.worker.c"
-local tide = require "tide"
 
-local await, start = tide._await, C.start
+local pack, send = C.pack, C.run
 local type, error = type, error
 
 local worker = {max_depth = C.max_depth}
@@ -35,9 +34,9 @@ function worker.run(module, fn_name, ...)
   if type(fn_name) ~= "string" then
     error("bad argument #2 to 'run' (string expected, got " .. type(fn_name) .. ")", 2)
   end
-  local req, err = start(module, fn_name, ...)
-  if not req then error(err, 2) end
-  return finish(await(req, nil, "run"))
+  local args, err = pack(module, fn_name, ...)
+  if not args then error(err, 2) end
+  return finish(send(args)) -- checks that it runs in a task, then waits
 end
 
 return worker
