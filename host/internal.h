@@ -163,6 +163,10 @@ void tide__pool_flush(tide_host *h);
 
 /* request.c */
 void tide__open_requests(lua_State *L);
+/* Wakes the task waiting (tide._await) on the object under the nargs - 1
+ * results on top of h->L, handing it those results; from a loop callback
+ * (a libevent event of a module, say). */
+void tide__complete(tide_host *h, int nargs);
 
 /* core.c: the C half of `require "tide"` */
 int tide__open_core(lua_State *L);

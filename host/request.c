@@ -123,3 +123,10 @@ void tide__open_requests(lua_State *L) {
   lua_setfield(L, -2, "__index");
   lua_pop(L, 1);
 }
+
+void tide__complete(tide_host *h, int nargs) {
+  lua_State *L = h->L;
+  lua_rawgeti(L, LUA_REGISTRYINDEX, h->ref_complete);
+  lua_insert(L, -(nargs + 1));
+  tide__call(h, h->ref_run_direct, nargs + 1);
+}

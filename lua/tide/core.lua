@@ -1003,7 +1003,11 @@ local function await(req, timeout, fname)
   if a == RESULTS then return unpack(b, 1, b.n) end
   return a, b, c
 end
+-- For C modules' own waits (a socket's readiness, say): the task waits on
+-- an object with a close() method (called when the wait times out or the
+-- task is cancelled) until tide._complete(obj, ...) hands it the results.
 tide._await = await
+tide._complete = complete
 
 -- the function tide_push_blocking gives C modules
 -- (the start function is called through a local of the call's name, so
