@@ -108,6 +108,7 @@ struct tide_host {
   int64_t lag_max_ns;
   int threads;     /* the pool's size */
   struct tide__pool *pool; /* pool.c; NULL until first used */
+  tide__deferred pool_cancel; /* pool.c: cancelled jobs' done callbacks */
   int ref_complete; /* core.lua's complete(req, ...) (see request.c) */
   int ref_blocking; /* core.lua's blocking(start) -> waiting function */
   int ref_stop;     /* core.lua's stop_batches() (see tide_stop) */
@@ -174,8 +175,10 @@ int tide__open_core(lua_State *L);
 /* modules/: the C modules built in, opened by require "tide.<name>" (or,
  * for those with a Lua half in lua/tide/<name>.lua, "tide.<name>.c") */
 int tide__open_pool(lua_State *L);
+int tide__open_net(lua_State *L);
 int tide__open_fs(lua_State *L);
 int tide__open_worker(lua_State *L);
+int tide__open_dns(lua_State *L);
 
 /* lua_modules.c (generated): the embedded lua/tide/ *.lua files */
 typedef struct tide__lua_module {

@@ -51,8 +51,8 @@ struct tide__pool {
   pthread_t *threads;
   int wake_fd;         /* eventfd: pool threads wake the poll phase */
   struct event *wake;  /* reads wake_fd in the poll phase */
-  tide_job *cancelled; /* their done(job, 1) runs in the pending phase */
-  tide__deferred cancel_node;
+  tide_job *cancelled; /* their done(job, 1) runs in the pending phase,
+                          through h->pool_cancel (it outlives the pool) */
   uint64_t submitted, completed;
 };
 
@@ -289,7 +289,7 @@ int tide_pool_cancel(tide_host *h, tide_job *job) {
   h->refs--;
   job->next_ = p->cancelled;
   p->cancelled = job;
-  tide__defer(h, &p->cancel_node, run_cancelled);
+  tide__defer(h, &h->pool_cancel, run_cancelled);
   return 1;
 }
 

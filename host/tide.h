@@ -109,9 +109,9 @@ int tide_exit_code(const tide_host *h);
 
 typedef struct tide_job tide_job;
 typedef void (*tide_work_fn)(tide_job *job);
-/* cancelled: 1 when the job never ran (tide_pool_cancel, or the host is
- * being freed: then only release what the job holds). The done function
- * owns the job from then on. */
+/* cancelled: 1 when the job never ran (tide_pool_cancel), and for every job
+ * still in the pool while the host is being freed (then only release what
+ * the job holds). The done function owns the job from then on. */
 typedef void (*tide_done_fn)(tide_job *job, int cancelled);
 
 struct tide_job {

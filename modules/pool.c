@@ -44,8 +44,8 @@ static int start_sleep(lua_State *L) {
   double s = luaL_checknumber(L, 1);
   int slow = 0;
   sleep_req *r;
-  if (s != s || isinf(s) || s < 0)
-    return luaL_argerror(L, 1, "seconds must be a finite number >= 0");
+  if (s != s || isinf(s) || s < 0 || s > 1e9)
+    return luaL_argerror(L, 1, "seconds must be a number from 0 to 1e9");
   if (!lua_isnoneornil(L, 2)) {
     luaL_checktype(L, 2, LUA_TTABLE);
     lua_getfield(L, 2, "slow");

@@ -996,7 +996,15 @@ end
 -- Waits for request req in the current task: its results, or nil,
 -- "timed out", "ETIMEDOUT".
 local function await(req, timeout, fname)
+  -- A wait that cannot begin (outside a task, or in a task cancelled
+  -- before it parks) closes req first, so that what req holds for the
+  -- wait (a socket operation, a queued job) does not outlive it.
+  if not cur_co or user_depth > 0 then req:close() end
   local t = current_task(fname)
+  if t.cancel_err then
+    req:close()
+    raise_cancel(t)
+  end
   req_task[req] = t
   t.cleanup = req
   local a, b, c = park(nil, timeout, fname)
@@ -1018,11 +1026,19 @@ local function blocking(start, name)
     name = "start"
   end
   return assert(loadstring(([[
-    local %s, await, current_task = ...
+    local %s, await, current_task, pcall, error, pos = ...
+    local function started(ok, req, ...)
+      if ok then return req end
+      if type(req) == "string" then -- (called through pcall, it has no name)
+        req = req:gsub(pos, "", 1):gsub("^(bad argument #%%d+ to )'%%?'", "%%1'%s'")
+      end
+      error(req, 3) -- at the caller's line
+    end
     return function(...)
       current_task(%q)
-      return await(%s(...), nil, %q)
-    end]]):format(name, name, name, name), "=" .. name))(start, await, current_task)
+      return await(started(pcall(%s, ...)), nil, %q)
+    end]]):format(name, name, name, name, name), "=" .. name))(
+      start, await, current_task, pcall, error, "^" .. name .. ":%d+: ")
 end
 
 C.set_runners(run_task, run_direct, start, run_timers, run_immediates,
