@@ -224,11 +224,15 @@ tide_host *tide_host_new(const tide_options *opts, char *err, size_t errlen) {
   tide__timers_init(&h->timers);
 
   {
-    /* libevent otherwise times its waits with the coarse clock (4 ms
-     * here), and timers would wake milliseconds late */
+    /* PRECISE_TIMER: libevent otherwise times its waits with the coarse
+     * clock (4 ms here), and timers would wake milliseconds late.
+     * NO_CACHE_TIME: tasks resume inside poll-phase callbacks and may run
+     * a while; a module's libevent timeout added then must count from now,
+     * not from when the callbacks began. */
     struct event_config *cfg = event_config_new();
     if (cfg) {
       event_config_set_flag(cfg, EVENT_BASE_FLAG_PRECISE_TIMER);
+      event_config_set_flag(cfg, EVENT_BASE_FLAG_NO_CACHE_TIME);
       h->base = event_base_new_with_config(cfg);
       event_config_free(cfg);
     }
