@@ -298,6 +298,7 @@ void tide_host_free(tide_host *h) {
     /* Nothing fires any more; close callbacks (also those of handles the
      * GC closes now) run before the state goes. */
     int exiting = h->exiting, code = h->exit_code;
+    h->freeing = 1;
     tide__pool_shutdown(h); /* no completion may run after the host */
     tide__loop_shutdown(h);
     lua_gc(h->L, LUA_GCCOLLECT, 0);

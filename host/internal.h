@@ -69,6 +69,7 @@ struct tide_host {
   int stop;      /* tide_stop was called */
   int exiting;   /* tide.exit or main task error: code in exit_code */
   int exit_code;
+  int freeing;   /* tide_host_free runs: the pool takes no more jobs */
 
   int refs; /* referenced, active handles: the loop is alive while > 0 */
 

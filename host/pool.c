@@ -223,7 +223,7 @@ static int pool_start(tide_host *h) {
  * it ran): one lock and one round of wake-ups for a burst of submits. */
 int tide_pool_submit(tide_host *h, tide_job *job) {
   struct tide__pool *p;
-  if (!job || !job->work || !job->done) return -1;
+  if (!job || !job->work || !job->done || h->freeing) return -1;
   if (!h->pool && pool_start(h) != 0) return -1;
   p = h->pool;
   job->seq_ = p->seq++;

@@ -5,16 +5,17 @@
 -- This half checks arguments and options (misuse raises, naming the
 -- argument), parses open's flags, and gives files what is easier in Lua:
 -- the read-ahead of lines(), and waking the tasks that wait on a file when
--- another task closes it. Every call that waits is one pool job, started
--- and waited for by the functions of the C half.
+-- another task closes it. Every call that waits is one pool job: a path
+-- call is a waiting function of the C half; a file's call starts its job
+-- here and waits on the request, which close() can complete early.
 
 local tide = require "tide"
 local C = require "tide.fs.c"
 
-local type, error, pcall, pairs, tostring, setmetatable, getmetatable, rawget =
-  type, error, pcall, pairs, tostring, setmetatable, getmetatable, rawget
+local type, error, pairs, tostring, setmetatable, getmetatable =
+  type, error, pairs, tostring, setmetatable, getmetatable
 local floor, huge = math.floor, math.huge
-local await, current = tide._await, tide.current
+local await, complete, current = tide._await, tide._complete, tide.current
 local O = C.O
 
 local fs = {}
@@ -235,8 +236,7 @@ end
 local File = {}
 File.__index = File
 
--- the reason of the cancellation with which close() wakes a file's waiters
-local CLOSED = {}
+local WEAK_KEYS = {__mode = "k"}
 
 local function check_file(f, fname)
   if getmetatable(f) ~= File then
@@ -259,27 +259,29 @@ function fs.open(path, flags, mode)
   local ud, msg, code = C.open(path, oflags, mode)
   if not ud then return nil, msg, code end
   -- buf:sub(bpos) is data read ahead by lines() and not yet consumed
+  -- waiters: the requests tasks wait on (weak: a wait that timed out
+  -- leaves its entry to the collector)
   return setmetatable({ud = ud, path = path, flags = flags, closed = false,
-                       buf = "", bpos = 1, waiters = {}}, File)
+                       buf = "", bpos = 1,
+                       waiters = setmetatable({}, WEAK_KEYS)}, File)
 end
 
--- The results of a file's call, or nil, "closed", "ECANCELED" when
--- close() woke the task; other errors (a cancel, a timeout) go on up.
-local function settle(self, t, ok, ...)
-  if t then self.waiters[t] = nil end
-  if ok then return ... end
-  local e = ...
-  if type(e) == "table" and rawget(e, "reason") == CLOSED then
-    return nil, "closed", "ECANCELED"
+local function settle(waiters, req, ...)
+  waiters[req] = nil
+  return ...
+end
+
+-- Starts start(self.ud, ...) and waits for its results; close() may end
+-- the wait first with nil, "closed", "ECANCELED". (Called by the methods:
+-- level 3 is their caller.)
+local function wait(self, start, fname, ...)
+  if not current() then
+    error(("'%s' must be called inside a task"):format(fname), 3)
   end
-  error(e, 0)
-end
-
--- call(self.ud, ...) and wait, as one of the file's waiters
-local function wait(self, call, ...)
-  local t = current()
-  if t then self.waiters[t] = true end
-  return settle(self, t, pcall(call, self.ud, ...))
+  local req = start(self.ud, ...)
+  local waiters = self.waiters
+  waiters[req] = true
+  return settle(waiters, req, await(req, nil, fname))
 end
 
 -- read([n]): up to n bytes (default 64 KiB); nil at the end of the file.
@@ -299,14 +301,14 @@ function File:read(n)
     end
     self.buf, self.bpos = "", 1
     local head = buf:sub(p)
-    local more = wait(self, C.fread, n - ahead)
+    local more = wait(self, C.fread, "read", n - ahead)
     -- at the end of the file, or on an error (which the next read meets
     -- again), what was read ahead
     if more then return head .. more end
     return head
   end
   if n == 0 then return "" end
-  return wait(self, C.fread, n)
+  return wait(self, C.fread, "read", n)
 end
 
 function File:write(data)
@@ -317,7 +319,7 @@ function File:write(data)
   end
   local back = #self.buf - self.bpos + 1 -- the read-ahead is given back
   self.buf, self.bpos = "", 1
-  return wait(self, C.fwrite, data, back)
+  return wait(self, C.fwrite, "write", data, back)
 end
 
 local WHENCE = {set = true, cur = true, ["end"] = true}
@@ -339,7 +341,7 @@ function File:seek(whence, offset)
   local buf, p = self.buf, self.bpos
   local back = #buf - p + 1
   self.buf, self.bpos = "", 1
-  local pos, msg, code = wait(self, C.fseek, whence, offset, back)
+  local pos, msg, code = wait(self, C.fseek, "seek", whence, offset, back)
   if not pos and not self.closed and self.buf == "" then
     self.buf, self.bpos = buf, p -- nothing moved: keep the read-ahead
   end
@@ -363,7 +365,7 @@ function File:lines()
         return buf:sub(p, i - 1)
       end
       scan = #buf - p + 2 -- where the next search starts, once trimmed
-      local chunk, msg = wait(self, C.fread, CHUNK)
+      local chunk, msg = wait(self, C.fread, "lines", CHUNK)
       if not chunk then
         if msg then error(msg, 2) end
         self.buf, self.bpos = "", 1
@@ -379,18 +381,19 @@ end
 
 function File:stat()
   check_file(self, "stat")
-  return wait(self, C.fstat)
+  return wait(self, C.fstat, "stat")
 end
 
 function File:sync()
   check_file(self, "sync")
-  return wait(self, C.fsync)
+  return wait(self, C.fsync, "sync")
 end
 
 -- close(): idempotent. Tasks waiting on the file wake at once with nil,
--- "closed", "ECANCELED". With nothing in flight it waits for close(2) and
--- returns true or its error; otherwise the descriptor is closed on the
--- pool as soon as the running call ends, and close() returns true.
+-- "closed", "ECANCELED" (their jobs still run; the results are dropped).
+-- With nothing in flight it waits for close(2) and returns true or its
+-- error; otherwise the descriptor is closed on the pool as soon as the
+-- last job in flight ends, and close() returns true.
 function File:close()
   if getmetatable(self) ~= File then
     error(("bad argument #1 to 'close' (file expected, got %s)"):format(
@@ -399,8 +402,8 @@ function File:close()
   if self.closed then return true end
   self.closed = true
   self.buf, self.bpos = "", 1
-  for t in pairs(self.waiters) do
-    if t:status() == "waiting" then t:cancel(CLOSED) end
+  for req in pairs(self.waiters) do
+    complete(req, nil, "closed", "ECANCELED") -- (no-op if already woken)
   end
   local req = C.fclose(self.ud)
   if not req or not current() then return true end
