@@ -119,11 +119,6 @@ local function failure(co, e)
   if getmetatable(e) == Cancelled then return e end
   if type(e) == "table" or type(e) == "userdata" then return e end
   if e == nil then e = "(error object is a nil value)" end
-  -- an error re-raised with the traceback of where it began (xpcall with
-  -- debug.traceback, as tide.net's handlers do) needs no second one
-  if type(e) == "string" and e:find("\nstack traceback:\n", 1, true) then
-    return e
-  end
   -- the frames under the job's own function are the scheduler's
   local tb = traceback(co, tostring(e))
   local i = tb:find("\n[^\n]*in function 'call_cb'") or
@@ -677,7 +672,7 @@ local cur_now, cur_other, cur_ran = 0, 0, 0
 
 -- Takes the due timer at the head of list L (the caller checked it).
 local function take(L, h, tm, d)
-  L.ts[h] = nil -- (deadlines hold no references: left to be overwritten)
+  L.ts[h], L.ds[h] = nil, nil
   L.head = h + 1
   L.live = L.live - 1
   live_timers = live_timers - 1
