@@ -119,6 +119,11 @@ local function failure(co, e)
   if getmetatable(e) == Cancelled then return e end
   if type(e) == "table" or type(e) == "userdata" then return e end
   if e == nil then e = "(error object is a nil value)" end
+  -- an error re-raised with the traceback of where it began (xpcall with
+  -- debug.traceback, as tide.net's handlers do) needs no second one
+  if type(e) == "string" and e:find("\nstack traceback:\n", 1, true) then
+    return e
+  end
   -- the frames under the job's own function are the scheduler's
   local tb = traceback(co, tostring(e))
   local i = tb:find("\n[^\n]*in function 'call_cb'") or
