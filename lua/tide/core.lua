@@ -777,7 +777,33 @@ local function start_timer(fname, s, fn, mt, ...)
   return tm
 end
 
-function tide.after(s, fn, ...) return start_timer("after", s, fn, Timer, ...) end
+function tide.after(s, fn, ...)
+  -- the common case inline: no arguments, a positive delay, a list of
+  -- that delay already waiting (appending keeps it sorted)
+  if type(s) == "number" and s > 0 and s <= 1e9 and type(fn) == "function"
+     and select("#", ...) == 0 then
+    local tm = setmetatable({fn, 0, 0, s}, Timer)
+    local d = lt_clock(H) + ns(s)
+    local L = lists[s]
+    if L and L.live > 0 then
+      local n = L.tail
+      if L.ds[n] <= d then
+        n = n + 1
+        L.ts[n], L.ds[n], L.tail = tm, d, n
+        tm[2] = n
+        live_timers = live_timers + 1
+        L.live = L.live + 1
+        local refd = L.refd + 1
+        L.refd = refd
+        if refd == 1 and L ~= cur then list_sync(L) end
+        return tm
+      end
+    end
+    add(tm, d, s)
+    return tm
+  end
+  return start_timer("after", s, fn, Timer, ...)
+end
 function tide.every(s, fn, ...) return start_timer("every", s, fn, Every, ...) end
 
 local function check_timer(tm, fname, open)
