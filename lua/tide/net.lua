@@ -1,0 +1,656 @@
+-- lua/tide/net.lua - `require "tide.net"`: TCP and Unix sockets, and the
+-- byte stream every connection is. modules/net.c and modules/stream.c are
+-- the C half ("tide.net.c"); docs/net.md is the manual.
+--
+-- The C half never waits: a call that must wait records what it waits
+-- for and returns false, and this half waits with tide._await on the
+-- direction's waiter (read or write), then asks again. Readiness wakes a
+-- waiter only when its operation can finish (a line has come, the output
+-- drained below the low-water mark), and a read() that waits for any data
+-- is handed the data with its wake-up.
+--
+-- A woken task runs before any other (the ready queue is empty between
+-- the loop's callbacks), so it asks again before another task can take
+-- what it was woken for.
+--
+-- Here: argument and option checks (misuse raises, naming the argument),
+-- timeouts, tasks that queue behind another task's read or write on the
+-- same connection, waking the tasks that wait on a handle when it is
+-- closed, and the handler task of each accepted connection.
+
+local tide = require "tide"
+local C = require "tide.net.c"
+
+local type, error, tostring, select, pairs, setmetatable, getmetatable,
+      xpcall, tonumber =
+  type, error, tostring, select, pairs, setmetatable, getmetatable,
+  xpcall, tonumber
+local floor, huge = math.floor, math.huge
+local traceback = debug.traceback
+local await, complete, hrtime, spawn, cond =
+  tide._await, tide._complete, tide.hrtime, tide.spawn, tide.cond
+
+local s_read, s_write, s_flush, s_shutdown, s_close, s_cancel =
+  C.s_read, C.s_write, C.s_flush, C.s_shutdown, C.s_close, C.s_cancel
+local s_bind, s_buffered, s_limits, s_ref =
+  C.s_bind, C.s_buffered, C.s_limits, C.s_ref
+local getfenv = debug.getfenv
+local C_address, C_accept, C_server_cancel = C.address, C.accept, C.server_cancel
+
+local net = {}
+
+local MAX_STRING = 0x7fffff00 -- LuaJIT's strings stop short of 2 GiB
+
+-- the read kinds of s_read
+local SOME, LINE, EXACT, UNTIL = 1, 2, 3, 4
+
+net.defaults = {read_high = C.READ_HIGH, write_high = C.WRITE_HIGH,
+                write_low = C.WRITE_LOW, max_line = C.MAX_LINE,
+                linger = C.LINGER}
+
+-- argument checks -------------------------------------------------------------
+-- level: 3 when called by the public function itself, 4 from a checker.
+-- Methods number their arguments from the first after self, as Lua does.
+
+local function argerror(n, fname, msg, level)
+  error(("bad argument #%d to '%s' (%s)"):format(n, fname, msg), level or 3)
+end
+
+local function describe(v)
+  if type(v) == "string" then return ("%q"):format(v) end
+  if type(v) == "number" then return tostring(v) end
+  return type(v)
+end
+
+local function check_seconds(s, n, fname)
+  if s == nil then return false end
+  if type(s) ~= "number" or s ~= s or s == huge or s == -huge then
+    argerror(n, fname, "seconds must be a finite number or nil, got " ..
+      describe(s), 4)
+  end
+  return s < 0 and 0 or s
+end
+
+local function check_count(v, n, fname, what, min)
+  if type(v) ~= "number" or v ~= floor(v) or v < min or v > MAX_STRING then
+    argerror(n, fname, ("%s must be an integer from %d to %d, got %s"):format(
+      what, min, MAX_STRING, describe(v)), 4)
+  end
+  return v
+end
+
+local function check_port(p, n, fname, min)
+  local v = p
+  if type(p) == "string" and p:match("^%d+$") then v = tonumber(p) end
+  if type(v) ~= "number" or v ~= floor(v) or v < min or v > 65535 then
+    argerror(n, fname, ("port must be an integer from %d to 65535, got %s")
+      :format(min, describe(p)), 4)
+  end
+  return v
+end
+
+-- A numeric address (host names wait for tide.dns), or "localhost".
+-- Returns the address without brackets and its family.
+local function check_host(host, n, fname)
+  if type(host) ~= "string" then
+    argerror(n, fname, "host must be a string, got " .. type(host), 4)
+  end
+  if host == "localhost" then return "127.0.0.1", "inet" end
+  local family = not host:find("\0", 1, true) and C.parse_host(host)
+  if not family then
+    argerror(n, fname, "host must be a numeric IPv4 or IPv6 address or " ..
+      "\"localhost\", got " .. describe(host), 4)
+  end
+  if host:sub(1, 1) == "[" then host = host:sub(2, -2) end
+  return host, family
+end
+
+local function check_path(p, n, fname)
+  if type(p) ~= "string" then
+    argerror(n, fname, "path must be a string, got " .. type(p), 4)
+  end
+  if p == "" or #p > 107 or p:find("\0", 1, true) then
+    argerror(n, fname, "path must be 1 to 107 bytes without NUL, got " ..
+      describe(p), 4)
+  end
+  return p
+end
+
+-- opts: a table whose keys are all in `allowed` (name -> type or checker)
+local function check_options(opts, n, fname, allowed)
+  if type(opts) ~= "table" then
+    argerror(n, fname, "options table expected, got " .. type(opts), 4)
+  end
+  for k, v in pairs(opts) do
+    local kind = allowed[k]
+    if not kind then
+      argerror(n, fname, "unknown option '" .. tostring(k) .. "'", 4)
+    end
+    if kind == "boolean" and type(v) ~= "boolean" then
+      argerror(n, fname, "option '" .. k .. "' must be a boolean, got " ..
+        type(v), 4)
+    elseif kind == "function" and type(v) ~= "function" then
+      argerror(n, fname, "option '" .. k .. "' must be a function, got " ..
+        type(v), 4)
+    end
+  end
+  if opts.tls ~= nil then
+    argerror(n, fname, "option 'tls' is not supported yet", 4)
+  end
+  return opts
+end
+
+-- The buffer limits in opts over those of base: {read_high, write_high,
+-- write_low, max_line}, checked.
+local LIMIT_KEYS = {"read_high", "write_high", "write_low", "max_line"}
+
+local function check_limits(opts, base, n, fname)
+  local lim = {}
+  for i = 1, 4 do
+    local k = LIMIT_KEYS[i]
+    local v = opts[k]
+    if v == nil then v = base[i]
+    else check_count(v, n, fname, "option '" .. k .. "'", k == "write_low" and 0 or 1) end
+    lim[i] = v
+  end
+  if lim[3] > lim[2] then
+    argerror(n, fname, ("option 'write_low' (%d) must not exceed 'write_high' (%d)")
+      :format(lim[3], lim[2]), 4)
+  end
+  return lim
+end
+
+local DEFAULT_LIMITS = {C.READ_HIGH, C.WRITE_HIGH, C.WRITE_LOW, C.MAX_LINE}
+
+-- waiting -----------------------------------------------------------------------
+-- A connection is a table: the stream userdata and the state this half
+-- keeps, in array slots (no hash part for them, and a small table).
+-- WW is TIDE_STREAM_WRITE_WAITER of modules/stream.h.
+
+local UD, CLOSED, RT, WT, SHUT, WW, RQ, WQ, LIM = 1, 2, 3, 4, 5, 6, 7, 8, 9
+
+local function signal(h, slot) -- the next task queued for that direction
+  local q = h[slot]
+  if q then q:signal() end
+end
+
+-- A read waits on the stream userdata itself (its environment is the
+-- connection): the core calls close() on it when the wait times out or
+-- the task is cancelled.
+function C.stream_index.close(ud)
+  s_cancel(ud, 1)
+  signal(getfenv(ud), RQ)
+end
+
+-- A write (flush, connect) waits on {handle, WQ}, an accept on
+-- {server, S_Q}: made when first needed.
+local Waiter = {}
+Waiter.__index = Waiter
+
+function Waiter:close()
+  local h, slot = self[1], self[2]
+  if slot == WQ then s_cancel(h[UD], 2)
+  else C_server_cancel(h[UD]) end
+  signal(h, slot)
+end
+
+local function write_waiter(c)
+  local w = setmetatable({c, WQ}, Waiter)
+  c[WW] = w
+  return w
+end
+
+local function remaining(deadline)
+  if not deadline then return false end
+  local r = deadline - hrtime()
+  return r > 0 and r or 0
+end
+
+-- Waits in the queue of slot (another task's operation is parked).
+local function queue_wait(h, slot, deadline)
+  local q = h[slot]
+  if not q then q = cond(); h[slot] = q end
+  return q:wait(remaining(deadline) or nil)
+end
+
+-- The slow path of the reads: wait until s_read can finish. busy: another
+-- task's read is parked (queue behind it) rather than ours.
+local function read_wait(c, fname, kind, a, b, busy)
+  local tmo = c[RT]
+  local deadline = tmo and hrtime() + tmo
+  local w = c[UD]
+  local r, e, code
+  while true do
+    if busy then
+      r, e, code = queue_wait(c, RQ, deadline)
+    else
+      r, e, code = await(w, deadline and remaining(deadline), fname)
+      if type(r) == "string" then break end -- data, handed over
+    end
+    if not r then break end -- timed out, closed
+    if c[CLOSED] then r, e, code = nil, "closed", "ECANCELED"; break end
+    r, e, code = s_read(c[UD], kind, a, b)
+    if r ~= false then break end
+    busy = e
+  end
+  local q = c[RQ] -- our turn is over: the next queued reader's
+  if q then q:signal() end
+  if e == nil then return r end
+  return r, e, code
+end
+
+-- The slow path of write and flush; pos: the bytes of the data taken (-1:
+-- another task's write is parked, queue behind it).
+local function write_wait(c, fname, pos, ...)
+  local tmo = c[WT]
+  local deadline = tmo and hrtime() + tmo
+  local w = c[WW] or write_waiter(c)
+  local r, e, code
+  while true do
+    if pos < 0 then
+      r, e, code = queue_wait(c, WQ, deadline)
+    else
+      r, e, code = await(w, deadline and remaining(deadline), fname)
+    end
+    if not r then break end
+    if c[CLOSED] then r, e, code = nil, "closed", "ECANCELED"; break end
+    if fname == "flush" then r, e, code = s_flush(c[UD])
+    else r, e, code = s_write(c[UD], pos < 0 and 0 or pos, ...) end
+    if r ~= false then break end
+    pos = e or 0
+  end
+  local q = c[WQ]
+  if q then q:signal() end
+  if e == nil then return r end
+  return r, e, code
+end
+
+-- connections -------------------------------------------------------------------
+
+local methods = {}
+local Conn = {__index = methods}
+
+local function check_conn(c, fname, open)
+  if getmetatable(c) ~= Conn then
+    error(("bad argument #1 to '%s' (connection expected, got %s)"):format(
+      fname, type(c)), 3)
+  end
+  if open and c[CLOSED] then error("attempt to use a closed connection", 3) end
+end
+
+-- (the hot paths test inline and call check_conn only to raise)
+
+function methods.read(c, n)
+  if getmetatable(c) ~= Conn or c[CLOSED] then check_conn(c, "read", true) end
+  if n == nil then n = MAX_STRING else check_count(n, 1, "read", "count", 1) end
+  local r, e, code = s_read(c[UD], SOME, n)
+  if r ~= false then if e == nil then return r end return r, e, code end
+  return read_wait(c, "read", SOME, n, nil, e)
+end
+
+function methods.read_line(c, max)
+  check_conn(c, "read_line", true)
+  if max ~= nil then check_count(max, 1, "read_line", "max", 1) end
+  local r, e, code = s_read(c[UD], LINE, max)
+  if r ~= false then if e == nil then return r end return r, e, code end
+  return read_wait(c, "read_line", LINE, max, nil, e)
+end
+
+function methods.read_exactly(c, n)
+  check_conn(c, "read_exactly", true)
+  check_count(n, 1, "read_exactly", "count", 0)
+  local r, e, code = s_read(c[UD], EXACT, n)
+  if r ~= false then if e == nil then return r end return r, e, code end
+  return read_wait(c, "read_exactly", EXACT, n, nil, e)
+end
+
+function methods.read_until(c, sep, max)
+  check_conn(c, "read_until", true)
+  if type(sep) ~= "string" or sep == "" then
+    argerror(1, "read_until", "separator must be a non-empty string, got " ..
+      describe(sep))
+  end
+  if max ~= nil then check_count(max, 2, "read_until", "max", 0) end
+  local r, e, code = s_read(c[UD], UNTIL, sep, max)
+  if r ~= false then if e == nil then return r end return r, e, code end
+  return read_wait(c, "read_until", UNTIL, sep, max, e)
+end
+
+local function check_data(n, ...)
+  for i = 1, select("#", ...) do
+    local v = select(i, ...)
+    local t = type(v)
+    if t ~= "string" and t ~= "number" then
+      argerror(n + i, "write", "string expected, got " .. t, 4)
+    end
+  end
+end
+
+-- write(data, ...): strings (or numbers) sent in order, as one
+function methods.write(c, data, ...)
+  if getmetatable(c) ~= Conn or c[CLOSED] then check_conn(c, "write", true) end
+  if c[SHUT] then error("attempt to write after shutdown", 2) end
+  local t = type(data)
+  if t ~= "string" and t ~= "number" then
+    argerror(1, "write", "string expected, got " .. t)
+  end
+  if select("#", ...) > 0 then check_data(1, ...) end
+  local r, e, code = s_write(c[UD], 0, data, ...)
+  if r == true then return true end
+  if r == nil then return nil, e, code end
+  return write_wait(c, "write", e, data, ...)
+end
+
+-- flush(): waits until everything written went to the kernel
+function methods.flush(c)
+  check_conn(c, "flush", true)
+  local r, e, code = s_flush(c[UD])
+  if r ~= false then if e == nil then return r end return r, e, code end
+  return write_wait(c, "flush", e or 0)
+end
+
+function methods.shutdown(c)
+  check_conn(c, "shutdown", true)
+  c[SHUT] = true
+  return s_shutdown(c[UD])
+end
+
+-- close([fn]): idempotent; fn(conn) runs in the close phase. Tasks that
+-- wait on the connection get nil, "closed", "ECANCELED".
+function methods.close(c, fn)
+  check_conn(c, "close")
+  if fn ~= nil and type(fn) ~= "function" then
+    argerror(1, "close", "function expected, got " .. type(fn))
+  end
+  if c[CLOSED] then return end
+  c[CLOSED] = true
+  s_close(c[UD], fn and {fn, c} or nil)
+  complete(c[UD], nil, "closed", "ECANCELED")
+  if c[WW] then complete(c[WW], nil, "closed", "ECANCELED") end
+  if c[RQ] then c[RQ]:broadcast() end
+  if c[WQ] then c[WQ]:broadcast() end
+end
+
+-- reset(): close at once, dropping what is queued; the peer gets a
+-- reset (ECONNRESET) rather than the end of the stream
+function methods.reset(c)
+  check_conn(c, "reset")
+  if c[CLOSED] then return end
+  s_close(c[UD], nil, true)
+  methods.close(c)
+end
+
+-- set_timeout(s[, write_s]): for each read and write call; nil: none
+function methods.set_timeout(c, s, ws)
+  check_conn(c, "set_timeout", true)
+  local r = check_seconds(s, 1, "set_timeout")
+  if ws == nil then c[RT], c[WT] = r, r
+  else c[RT], c[WT] = r, check_seconds(ws, 2, "set_timeout") end
+  -- the write timeout also bounds close()'s flush in the background
+  C.s_linger(c[UD], c[WT] or C.LINGER)
+end
+
+local LIMIT_OPTS = {read_high = "number", write_high = "number",
+                    write_low = "number", max_line = "number"}
+
+function methods.set_buffer_limits(c, opts)
+  check_conn(c, "set_buffer_limits", true)
+  check_options(opts, 1, "set_buffer_limits", LIMIT_OPTS)
+  local lim = check_limits(opts, c[LIM] or DEFAULT_LIMITS, 1, "set_buffer_limits")
+  c[LIM] = lim
+  s_limits(c[UD], lim[1], lim[2], lim[3], lim[4])
+end
+
+function methods.buffered(c)
+  check_conn(c, "buffered")
+  return s_buffered(c[UD])
+end
+
+function methods.set_nodelay(c, on)
+  check_conn(c, "set_nodelay", true)
+  if c.family == "unix" then return true end -- nothing to do
+  return C.nodelay(c[UD], on == nil or on)
+end
+
+function methods.set_keepalive(c, on, idle)
+  check_conn(c, "set_keepalive", true)
+  if idle ~= nil then
+    if type(idle) ~= "number" or idle < 1 or idle ~= floor(idle) then
+      argerror(2, "set_keepalive", "idle seconds must be a positive integer, got " ..
+        describe(idle))
+    end
+  end
+  if c.family == "unix" then return true end
+  return C.keepalive(c[UD], on == nil or on, idle)
+end
+
+function methods.ref(c)
+  check_conn(c, "ref")
+  s_ref(c[UD], true)
+  return c
+end
+
+function methods.unref(c)
+  check_conn(c, "unref")
+  s_ref(c[UD], false)
+  return c
+end
+
+local function endpoint(family, address, port)
+  if family == "unix" then return address or "(unnamed)" end
+  if family == "inet6" then return ("[%s]:%s"):format(address, port) end
+  return ("%s:%s"):format(address, port)
+end
+
+function Conn.__tostring(c)
+  if c[CLOSED] then return "tide.net.conn (closed)" end
+  if c.family == "unix" then
+    return ("tide.net.conn (%s)"):format(c.remote_address or c.local_address or "unix")
+  end
+  return ("tide.net.conn (%s -> %s)"):format(
+    endpoint(c.family, c.local_address, c.local_port),
+    endpoint(c.family, c.remote_address, c.remote_port))
+end
+
+local function wrap(ud, family, address, port, laddr, lport, lim)
+  local c = setmetatable({ud, false, false, false, false, false, false, false,
+                          lim or false, family = family,
+                          remote_address = address, remote_port = port,
+                          local_address = laddr, local_port = lport}, Conn)
+  s_bind(ud, c)
+  return c
+end
+
+-- connect ----------------------------------------------------------------------
+
+local CONNECT_OPTS = {host = "any", port = "any", path = "any", timeout = "any",
+                      nodelay = "boolean", tls = "any", read_high = "number",
+                      write_high = "number", write_low = "number",
+                      max_line = "number"}
+
+-- net.connect{host=, port=, path=, timeout=, nodelay=, limits...} -> conn
+function net.connect(opts)
+  check_options(opts, 1, "connect", CONNECT_OPTS)
+  local family, where, port
+  if opts.path ~= nil then
+    if opts.host ~= nil or opts.port ~= nil then
+      argerror(1, "connect", "'path' cannot be combined with 'host' or 'port'")
+    end
+    family, where = "unix", check_path(opts.path, 1, "connect")
+  else
+    if opts.port == nil then
+      argerror(1, "connect", "option 'port' (or 'path') is required")
+    end
+    port = check_port(opts.port, 1, "connect", 1)
+    where, family = check_host(opts.host == nil and "127.0.0.1" or opts.host,
+                               1, "connect")
+  end
+  local timeout = check_seconds(opts.timeout, 1, "connect")
+  local lim = check_limits(opts, DEFAULT_LIMITS, 1, "connect")
+  local nodelay = opts.nodelay ~= false
+  local ud, st, code = C.connect(family, where, port, nodelay,
+                                 lim[1], lim[2], lim[3], lim[4])
+  local shown = endpoint(family, where, port)
+  if ud == nil then return nil, st .. ": " .. shown, code end
+  -- (the local end is bound by connect(2), done or in progress)
+  local laddr, lport = C_address(ud, false)
+  local c = wrap(ud, family, where, port, laddr, lport,
+                 lim ~= DEFAULT_LIMITS and lim)
+  if not st then
+    local ok, e
+    ok, e, code = await(write_waiter(c), timeout or nil, "connect")
+    if not ok then
+      c:close()
+      if code == "ETIMEDOUT" or code == "ECANCELED" then return nil, e, code end
+      return nil, e .. ": " .. shown, code
+    end
+  end
+  return c
+end
+
+-- servers ------------------------------------------------------------------------
+
+local Server = {}
+Server.__index = Server
+-- slots: 1 the userdata, 2 closed, 3 handler, 4 waiter, 5 queue, 6 limits
+local S_HANDLER, S_W, S_Q, S_LIM = 3, 4, 5, 6
+
+local function check_server(sv, fname, open)
+  if getmetatable(sv) ~= Server then
+    error(("bad argument #1 to '%s' (server expected, got %s)"):format(
+      fname, type(sv)), 3)
+  end
+  if open and sv[CLOSED] then error("attempt to use a closed server", 3) end
+end
+
+-- An error escaping a handler keeps its traceback from where it was
+-- raised (the frames under xpcall are the server's own).
+local function handler_error(e)
+  if type(e) ~= "string" then return e end -- cancellation, error objects
+  local tb = traceback(e, 2)
+  local i = tb:find("\n[^\n]*%[C%]: in function 'xpcall'")
+  return i and tb:sub(1, i - 1) or tb
+end
+
+local function handler_done(c, ok, e)
+  c:close()
+  if not ok then error(e, 0) end
+end
+
+-- The task of an accepted connection: the handler, then close.
+local function run_handler(handler, c)
+  return handler_done(c, xpcall(handler, handler_error, c))
+end
+
+-- (the poll phase, from the C half) a connection for a handler
+local function on_accept(sv, ud, address, port, laddr, lport)
+  spawn(run_handler, sv[S_HANDLER],
+        wrap(ud, sv.family, address, port, laddr, lport, sv[S_LIM]))
+end
+
+local LISTEN_OPTS = {host = "any", port = "any", path = "any", backlog = "any",
+                     reuseport = "boolean", handler = "function",
+                     nodelay = "boolean", tls = "any", read_high = "number",
+                     write_high = "number", write_low = "number",
+                     max_line = "number"}
+
+-- net.listen{host=, port=, path=, backlog=, reuseport=, handler=,
+-- nodelay=, limits...} -> server
+function net.listen(opts)
+  check_options(opts, 1, "listen", LISTEN_OPTS)
+  local family, where, port
+  if opts.path ~= nil then
+    if opts.host ~= nil or opts.port ~= nil then
+      argerror(1, "listen", "'path' cannot be combined with 'host' or 'port'")
+    end
+    family, where = "unix", check_path(opts.path, 1, "listen")
+  else
+    port = check_port(opts.port == nil and 0 or opts.port, 1, "listen", 0)
+    where, family = check_host(opts.host == nil and "0.0.0.0" or opts.host, 1, "listen")
+  end
+  local backlog = opts.backlog
+  if backlog == nil then backlog = 511
+  else check_count(backlog, 1, "listen", "option 'backlog'", 1) end
+  local lim = check_limits(opts, DEFAULT_LIMITS, 1, "listen")
+  local ud, e, code = C.listen(family, where, port, backlog, opts.reuseport,
+                               opts.nodelay ~= false, lim[1], lim[2], lim[3], lim[4])
+  if ud == nil then return nil, e .. ": " .. endpoint(family, where, port), code end
+  local sv = setmetatable({ud, false, opts.handler or false, false, false,
+                           lim ~= DEFAULT_LIMITS and lim or false,
+                           family = family}, Server)
+  if family == "unix" then
+    sv.path = where
+  else
+    sv.host, sv.port = C_address(ud, false)
+  end
+  if opts.handler then C.serve(ud, on_accept, sv) end
+  return sv
+end
+
+-- accept([timeout]) -> conn, without a handler
+function Server.accept(sv, timeout)
+  check_server(sv, "accept", true)
+  if sv[S_HANDLER] then
+    error("this server has a handler: it accepts connections itself", 2)
+  end
+  timeout = check_seconds(timeout, 1, "accept")
+  local ud, a, p, la, lp = C_accept(sv[UD])
+  local deadline, busy = timeout and hrtime() + timeout, a
+  while ud == false do
+    local w = sv[S_W]
+    if not w then
+      w = setmetatable({sv, S_Q}, Waiter)
+      sv[S_W] = w
+      C.server_set_waiter(sv[UD], w)
+    end
+    local ok, e, code
+    if busy then ok, e, code = queue_wait(sv, S_Q, deadline)
+    else ok, e, code = await(w, remaining(deadline), "accept") end
+    if not ok then
+      signal(sv, S_Q)
+      return nil, e, code
+    end
+    if sv[CLOSED] then signal(sv, S_Q); return nil, "closed", "ECANCELED" end
+    ud, a, p, la, lp = C_accept(sv[UD])
+    busy = a
+    if ud ~= false then signal(sv, S_Q) end
+  end
+  if ud == nil then return nil, a, p end
+  return wrap(ud, sv.family, a, p, la, lp, sv[S_LIM])
+end
+
+-- close([fn]): stops accepting (connections already accepted go on);
+-- fn(server) runs in the close phase
+function Server.close(sv, fn)
+  check_server(sv, "close")
+  if fn ~= nil and type(fn) ~= "function" then
+    argerror(1, "close", "function expected, got " .. type(fn))
+  end
+  if sv[CLOSED] then return end
+  sv[CLOSED] = true
+  C.server_close(sv[UD], fn and {fn, sv} or nil)
+  if sv[S_W] then complete(sv[S_W], nil, "closed", "ECANCELED") end
+  if sv[S_Q] then sv[S_Q]:broadcast() end
+end
+
+function Server.ref(sv)
+  check_server(sv, "ref")
+  C.server_ref(sv[UD], true)
+  return sv
+end
+
+function Server.unref(sv)
+  check_server(sv, "unref")
+  C.server_ref(sv[UD], false)
+  return sv
+end
+
+function Server.__tostring(sv)
+  return ("tide.net.server (%s)"):format(sv[CLOSED] and "closed" or
+    endpoint(sv.family, sv.path or sv.host, sv.port))
+end
+
+-- Other modules that make streams (process pipes, stdio) wrap them here.
+net._wrap = wrap
+
+return net
