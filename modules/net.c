@@ -20,6 +20,7 @@
  *   server_ref(server, on), server_set_waiter(server, w)
  *   address(s or server, peer) -> address, port
  *   nodelay(s, on), keepalive(s, on, idle) -> true | nil, msg, code
+ *   udp_* (modules/udp.c): UDP sockets
  *
  * Accepting never busy-loops: when accept(2) runs out of descriptors
  * (EMFILE, ENFILE) or memory, the server stops watching its socket for a
@@ -49,6 +50,8 @@
 #define BACKOFF_MAX_MS 500
 #define ACCEPT_BATCH 64 /* connections accepted per readiness, at most */
 #define W_SERVER 3      /* the acceptor's waiter: slot in the environment */
+
+void tide__udp_register(lua_State *L); /* udp.c: UDP sockets */
 
 /* --- addresses --------------------------------------------------------------- */
 
@@ -160,6 +163,23 @@ static int push_sockaddr(lua_State *L, const struct sockaddr_storage *ss,
   lua_pushnil(L);
   lua_pushnil(L);
   return 2;
+}
+
+/* for udp.c */
+int tide__net_parse_ip(const char *host, int port, struct sockaddr_storage *ss,
+                       socklen_t *len) {
+  addr a;
+  int f = parse_ip(host, port, &a);
+  if (f) {
+    memcpy(ss, &a.ss, sizeof a.ss);
+    *len = a.len;
+  }
+  return f;
+}
+
+int tide__net_push_sockaddr(lua_State *L, const struct sockaddr_storage *ss,
+                            socklen_t len) {
+  return push_sockaddr(L, ss, len);
 }
 
 static int l_parse_host(lua_State *L) {
@@ -716,6 +736,7 @@ int tide__open_net(lua_State *L) {
     lua_setfield(L, -2, f->name);
   }
   tide__stream_register(L);
+  tide__udp_register(L);
   lua_pushinteger(L, TIDE_STREAM_READ_HIGH);
   lua_setfield(L, -2, "READ_HIGH");
   lua_pushinteger(L, TIDE_STREAM_WRITE_HIGH);

@@ -208,6 +208,44 @@ describe("tide.net", function()
       s:close()
     end)
 
+    it("connects to host names through tide.dns.lookup", function()
+      local sv = serve(echo)
+      local c = assert(net.connect{host = "localhost", port = sv.port, timeout = 5})
+      assert(c:write("hi"))
+      assert.equal("hi", c:read())
+      c:close()
+      -- any other name goes through the lookup ("LOCALHOST": /etc/hosts
+      -- matches names without regard to case)
+      local addrs = require("tide.dns").lookup("LOCALHOST", {family = 4})
+      if addrs then
+        c = assert(net.connect{host = "LOCALHOST", port = sv.port, timeout = 5})
+        assert.equal("127.0.0.1", c.remote_address)
+        assert(c:write("again"))
+        assert.equal("again", c:read())
+        c:close()
+        local sv2 = assert(net.listen{host = "LOCALHOST", port = 0})
+        assert.equal("127.0.0.1", sv2.host)
+        local port = sv2.port
+        sv2:close()
+        -- a failure names the host name and port
+        local r = pack(net.connect{host = "LOCALHOST", port = port, timeout = 5})
+        assert.same({n = 3, nil, "connection refused: LOCALHOST:" .. port,
+                     "ECONNREFUSED"}, r)
+      end
+      sv:close()
+    end)
+
+    it("returns nil, msg, code for a name that cannot resolve", function()
+      local r = pack(net.connect{host = "no-such-host.invalid", port = 80, timeout = 5})
+      assert.equal(3, r.n)
+      assert.is_nil(r[1])
+      assert.equal("ENOTFOUND", r[3])
+      assert.matches("no%-such%-host%.invalid", r[2])
+      r = pack(net.listen{host = "no-such-host.invalid", port = 0})
+      assert.is_nil(r[1])
+      assert.equal("ENOTFOUND", r[3])
+    end)
+
     it("accepts 'localhost' and port strings", function()
       local sv = assert(net.listen{host = "localhost", port = "0", handler = echo})
       local c = assert(net.connect{host = "localhost", port = tostring(sv.port)})
@@ -863,6 +901,169 @@ describe("tide.net", function()
     end)
   end)
 
+  describe("udp", function()
+    local function udp_pair(host)
+      local a = net.udp{host = host}
+      if not a then return nil end
+      local b = assert(net.udp{host = host})
+      return a, b
+    end
+
+    it("sends and receives datagrams over IPv4 loopback", function()
+      local a, b = udp_pair("127.0.0.1")
+      assert.equal("inet", a.family)
+      assert.equal("127.0.0.1", a.local_address)
+      assert.is_true(a.port > 0)
+      assert.equal(a.port, a.local_port)
+      assert.is_true(a:send_to("ping", "127.0.0.1", b.port))
+      local r = pack(b:recv_from(5))
+      assert.same({n = 3, "ping", "127.0.0.1", a.port}, r)
+      assert.is_true(b:send_to("", "127.0.0.1", tostring(a.port))) -- empty datagram
+      assert.same({n = 3, "", "127.0.0.1", b.port}, pack(a:recv_from(5)))
+      -- several queue up, in order, while nobody waits
+      for i = 1, 3 do assert(a:send_to("m" .. i, "127.0.0.1", b.port)) end
+      for i = 1, 3 do assert.equal("m" .. i, (b:recv_from(5))) end
+      assert.equal(0, b.drops)
+      a:close()
+      b:close()
+    end)
+
+    it("an IPv6 socket on \"::\" reaches IPv4 peers", function()
+      local v6 = net.udp{host = "::"}
+      if not v6 then return end
+      local v4 = assert(net.udp{host = "127.0.0.1"})
+      assert.is_true(v6:send_to("mapped", "127.0.0.1", v4.port))
+      assert.same({n = 3, "mapped", "127.0.0.1", v6.port}, pack(v4:recv_from(5)))
+      assert.is_true(v4:send_to("back", "127.0.0.1", v6.port))
+      assert.same({n = 3, "back", "::ffff:127.0.0.1", v4.port}, pack(v6:recv_from(5)))
+      v6:close()
+      v4:close()
+    end)
+
+    it("sends and receives over IPv6 loopback (when there is one)", function()
+      local a, b = udp_pair("::1")
+      if not a then return end
+      assert.equal("inet6", a.family)
+      assert.is_true(a:send_to("six", "[::1]", b.port))
+      assert.same({n = 3, "six", "::1", a.port}, pack(b:recv_from(5)))
+      local big = ("6"):rep(65527) -- IPv6's largest payload
+      assert.is_true(a:send_to(big, "::1", b.port))
+      assert.equal(big, (b:recv_from(5)))
+      a:close()
+      b:close()
+    end)
+
+    it("carries the largest datagrams; beyond 64 KiB - 1 raises", function()
+      local a, b = udp_pair("127.0.0.1")
+      local big = ("x"):rep(65507) -- IPv4's largest payload
+      assert.is_true(a:send_to(big, "127.0.0.1", b.port))
+      assert.equal(big, (b:recv_from(5)))
+      -- 64 KiB - 1 is taken, and IPv4 refuses it
+      local r = pack(a:send_to(("y"):rep(65535), "127.0.0.1", b.port))
+      assert.is_nil(r[1])
+      assert.equal("EMSGSIZE", r[3])
+      assert.matches("bad argument #1 to 'send_to' %(datagram must be at most 65535 bytes, got 65536%)",
+                     error_of(a.send_to, a, ("z"):rep(65536), "127.0.0.1", b.port))
+      a:close()
+      b:close()
+    end)
+
+    it("times out a recv_from, and receives afterwards", function()
+      local a, b = udp_pair("127.0.0.1")
+      local t0 = tide.hrtime()
+      assert.same({n = 3, nil, "timed out", "ETIMEDOUT"}, pack(b:recv_from(0.05)))
+      assert.is_true(tide.hrtime() - t0 >= 0.04)
+      assert(a:send_to("late", "127.0.0.1", b.port))
+      assert.equal("late", (b:recv_from(5)))
+      a:close()
+      b:close()
+    end)
+
+    it("drops and counts datagrams when the queue is full", function()
+      local a = assert(net.udp{host = "127.0.0.1"})
+      local b = assert(net.udp{host = "127.0.0.1", queue = 4})
+      local total0 = tide.stats().udp_drops
+      assert.is_number(total0)
+      for i = 1, 10 do assert(a:send_to("d" .. i, "127.0.0.1", b.port)) end
+      -- a task waiting elsewhere lets the poll phase fill the queue
+      local deadline = tide.hrtime() + 5
+      while b.drops < 6 and tide.hrtime() < deadline do tide.sleep(0.005) end
+      assert.equal(6, b.drops)
+      assert.same({queued = 4, drops = 6, received = 4}, b:stats())
+      assert.equal(total0 + 6, tide.stats().udp_drops)
+      for i = 1, 4 do assert.equal("d" .. i, (b:recv_from(5))) end
+      assert.same({n = 3, nil, "timed out", "ETIMEDOUT"}, pack(b:recv_from(0.01)))
+      a:close()
+      b:close()
+      assert.equal(total0 + 6, tide.stats().udp_drops) -- kept after close
+    end)
+
+    it("close wakes the waiting tasks and is idempotent", function()
+      local a = assert(net.udp{host = "127.0.0.1"})
+      local t1 = tide.spawn(function() return a:recv_from(5) end)
+      local t2 = tide.spawn(function() return a:recv_from(5) end)
+      tide.yield()
+      assert.equal("waiting", t1:status())
+      a:close()
+      assert.same({n = 4, true, nil, "closed", "ECANCELED"}, pack(t1:join(5)))
+      assert.same({n = 4, true, nil, "closed", "ECANCELED"}, pack(t2:join(5)))
+      a:close()
+      assert.matches("attempt to use a closed socket", error_of(a.recv_from, a))
+      assert.matches("attempt to use a closed socket",
+                     error_of(a.send_to, a, "x", "127.0.0.1", 9))
+      assert.matches("closed", tostring(a))
+    end)
+
+    it("a cancelled recv_from leaves no wait behind", function()
+      local a, b = udp_pair("127.0.0.1")
+      local t = tide.spawn(function() return b:recv_from() end)
+      tide.yield()
+      assert.equal("waiting", t:status())
+      t:cancel()
+      assert.is_nil(t:join(5))
+      assert.equal("cancelled", t:status())
+      assert(a:send_to("kept", "127.0.0.1", b.port))
+      assert.equal("kept", (b:recv_from(5)))
+      a:close()
+      b:close()
+    end)
+
+    it("keeps the loop alive while open and referenced; unref, gc", function()
+      local a = assert(net.udp{host = "127.0.0.1"})
+      assert.equal(refs0 + 1, tide.stats().refs)
+      assert.equal(a, a:unref())
+      assert.equal(refs0, tide.stats().refs)
+      a:ref()
+      assert.equal(refs0 + 1, tide.stats().refs)
+      a = nil
+      collectgarbage()
+      collectgarbage()
+      assert.equal(refs0, tide.stats().refs)
+    end)
+
+    it("raises on bad input, naming the argument", function()
+      assert.matches("bad argument #1 to 'udp' %(unknown option 'prot'%)",
+                     error_of(net.udp, {prot = 1}))
+      assert.matches("bad argument #1 to 'udp' %(port must be an integer from 0 to 65535",
+                     error_of(net.udp, {port = 70000}))
+      assert.matches("bad argument #1 to 'udp' %(option 'queue' must be an integer",
+                     error_of(net.udp, {queue = 0}))
+      assert.matches("host must be a string", error_of(net.udp, {host = 5}))
+      local a = assert(net.udp{host = "127.0.0.1"})
+      assert.matches("bad argument #1 to 'send_to' %(string expected, got nil%)",
+                     error_of(a.send_to, a, nil, "127.0.0.1", 9))
+      assert.matches("bad argument #2 to 'send_to' %(host must be a numeric IPv4 or IPv6 address, got \"example.com\"%)",
+                     error_of(a.send_to, a, "x", "example.com", 9))
+      assert.matches("bad argument #3 to 'send_to' %(port must be an integer from 1 to 65535, got 0%)",
+                     error_of(a.send_to, a, "x", "127.0.0.1", 0))
+      assert.matches("bad argument #1 to 'recv_from' %(seconds must be",
+                     error_of(a.recv_from, a, "1"))
+      assert.matches("bad argument #1 to 'recv_from' %(UDP socket expected, got table%)",
+                     error_of(a.recv_from, {}))
+      a:close()
+    end)
+  end)
+
   describe("misuse", function()
     it("raises on bad ports, hosts and paths, naming the argument", function()
       assert.matches("bad argument #1 to 'listen' %(port must be an integer from 0 to 65535, got 70000%)",
@@ -876,9 +1077,10 @@ describe("tide.net", function()
       assert.matches("port must be an integer from 1 to 65535, got 1.5",
                      error_of(net.connect, {port = 1.5}))
       assert.matches("option 'port' %(or 'path'%) is required", error_of(net.connect, {}))
-      assert.matches("bad argument #1 to 'connect' %(host must be a numeric IPv4 or IPv6 address or \"localhost\", got \"example.com\"%)",
-                     error_of(net.connect, {host = "example.com", port = 80}))
-      assert.matches("host must be a numeric", error_of(net.listen, {host = "1.2.3.4.5", port = 0}))
+      assert.matches("bad argument #1 to 'connect' %(host must be an IP address or a host name, got \"\"%)",
+                     error_of(net.connect, {host = "", port = 80}))
+      assert.matches("host must be an IP address or a host name, got \"a b\"",
+                     error_of(net.listen, {host = "a b", port = 0}))
       assert.matches("host must be a string, got number", error_of(net.listen, {host = 1, port = 0}))
       assert.matches("path must be 1 to 107 bytes", error_of(net.listen, {path = ("p"):rep(200)}))
       assert.matches("'path' cannot be combined", error_of(net.connect, {path = "/x", port = 1}))

@@ -1,6 +1,8 @@
--- lua/tide/net.lua - `require "tide.net"`: TCP and Unix sockets, and the
--- byte stream every connection is. modules/net.c and modules/stream.c are
--- the C half ("tide.net.c"); docs/net.md is the manual.
+-- lua/tide/net.lua - `require "tide.net"`: TCP and Unix sockets, the
+-- byte stream every connection is, and UDP sockets. modules/net.c,
+-- modules/stream.c and modules/udp.c are the C half ("tide.net.c");
+-- docs/net.md is the manual. Host names go through tide.dns.lookup in the
+-- calling task.
 --
 -- The C half never waits: a call that must wait records what it waits
 -- for and returns false, and this half waits with tide._await on the
@@ -89,8 +91,15 @@ local function check_port(p, n, fname, min)
   return v
 end
 
--- A numeric address (host names wait for tide.dns), or "localhost".
--- Returns the address without brackets and its family.
+local function remaining(deadline)
+  if not deadline then return false end
+  local r = deadline - hrtime()
+  return r > 0 and r or 0
+end
+
+-- A numeric address, "localhost" (127.0.0.1), or a host name for
+-- tide.dns.lookup. Returns the address without brackets and its family
+-- ("inet", "inet6"; nil: a name to look up).
 local function check_host(host, n, fname)
   if type(host) ~= "string" then
     argerror(n, fname, "host must be a string, got " .. type(host), 4)
@@ -98,11 +107,33 @@ local function check_host(host, n, fname)
   if host == "localhost" then return "127.0.0.1", "inet" end
   local family = not host:find("\0", 1, true) and C.parse_host(host)
   if not family then
-    argerror(n, fname, "host must be a numeric IPv4 or IPv6 address or " ..
-      "\"localhost\", got " .. describe(host), 4)
+    if host == "" or #host > 253 or host:find("[%z%s/%[%]]") then
+      argerror(n, fname, "host must be an IP address or a host name, got " ..
+        describe(host), 4)
+    end
+    return host, nil
   end
   if host:sub(1, 1) == "[" then host = host:sub(2, -2) end
   return host, family
+end
+
+-- The addresses of host name `name` (tide.dns.lookup, in the calling
+-- task): {{address, family}, ...} or nil, msg, code.
+local dns
+local function lookup(name, deadline)
+  dns = dns or require "tide.dns"
+  local list, e, code = dns.lookup(name, {timeout = deadline and
+                                           remaining(deadline) or nil})
+  if not list then return nil, e, code end
+  local r = {}
+  for i = 1, #list do
+    local a = list[i]
+    r[i] = {a, a:find(":", 1, true) and "inet6" or "inet"}
+  end
+  if #r == 0 then
+    return nil, "ENOTFOUND: no such host: " .. name, "ENOTFOUND"
+  end
+  return r
 end
 
 local function check_path(p, n, fname)
@@ -198,12 +229,6 @@ local function write_waiter(c)
   local w = setmetatable({c, WQ}, Waiter)
   c[WW] = w
   return w
-end
-
-local function remaining(deadline)
-  if not deadline then return false end
-  local r = deadline - hrtime()
-  return r > 0 and r or 0
 end
 
 -- Waits in the queue of slot (another task's operation is parked).
@@ -463,6 +488,27 @@ end
 
 -- connect ----------------------------------------------------------------------
 
+-- One address: a connection, or nil, msg, code (shown: where, in messages)
+local function connect_to(family, where, port, nodelay, lim, timeout, shown)
+  local ud, st, code = C.connect(family, where, port, nodelay,
+                                 lim[1], lim[2], lim[3], lim[4])
+  if ud == nil then return nil, st .. ": " .. shown, code end
+  -- (the local end is bound by connect(2), done or in progress)
+  local laddr, lport = C_address(ud, false)
+  local c = wrap(ud, family, where, port, laddr, lport,
+                 lim ~= DEFAULT_LIMITS and lim)
+  if not st then
+    local ok, e
+    ok, e, code = await(write_waiter(c), timeout or nil, "connect")
+    if not ok then
+      c:close()
+      if code == "ETIMEDOUT" or code == "ECANCELED" then return nil, e, code end
+      return nil, e .. ": " .. shown, code
+    end
+  end
+  return c
+end
+
 local CONNECT_OPTS = {host = "any", port = "any", path = "any", timeout = "any",
                       nodelay = "boolean", tls = "any", read_high = "number",
                       write_high = "number", write_low = "number",
@@ -488,24 +534,22 @@ function net.connect(opts)
   local timeout = check_seconds(opts.timeout, 1, "connect")
   local lim = check_limits(opts, DEFAULT_LIMITS, 1, "connect")
   local nodelay = opts.nodelay ~= false
-  local ud, st, code = C.connect(family, where, port, nodelay,
-                                 lim[1], lim[2], lim[3], lim[4])
-  local shown = endpoint(family, where, port)
-  if ud == nil then return nil, st .. ": " .. shown, code end
-  -- (the local end is bound by connect(2), done or in progress)
-  local laddr, lport = C_address(ud, false)
-  local c = wrap(ud, family, where, port, laddr, lport,
-                 lim ~= DEFAULT_LIMITS and lim)
-  if not st then
-    local ok, e
-    ok, e, code = await(write_waiter(c), timeout or nil, "connect")
-    if not ok then
-      c:close()
-      if code == "ETIMEDOUT" or code == "ECANCELED" then return nil, e, code end
-      return nil, e .. ": " .. shown, code
-    end
+  if family then
+    return connect_to(family, where, port, nodelay, lim, timeout,
+                      endpoint(family, where, port))
   end
-  return c
+  -- a host name: its addresses in order, until one connects
+  local deadline = timeout and hrtime() + timeout
+  local addrs, e, code = lookup(where, deadline)
+  if not addrs then return nil, e, code end
+  local shown = ("%s:%s"):format(where, port)
+  for i = 1, #addrs do
+    local c
+    c, e, code = connect_to(addrs[i][2], addrs[i][1], port, nodelay, lim,
+                            deadline and remaining(deadline), shown)
+    if c or code == "ETIMEDOUT" or code == "ECANCELED" then return c, e, code end
+  end
+  return nil, e, code
 end
 
 -- servers ------------------------------------------------------------------------
@@ -572,9 +616,23 @@ function net.listen(opts)
   if backlog == nil then backlog = 511
   else check_count(backlog, 1, "listen", "option 'backlog'", 1) end
   local lim = check_limits(opts, DEFAULT_LIMITS, 1, "listen")
-  local ud, e, code = C.listen(family, where, port, backlog, opts.reuseport,
-                               opts.nodelay ~= false, lim[1], lim[2], lim[3], lim[4])
-  if ud == nil then return nil, e .. ": " .. endpoint(family, where, port), code end
+  local ud, e, code
+  if family then
+    ud, e, code = C.listen(family, where, port, backlog, opts.reuseport,
+                           opts.nodelay ~= false, lim[1], lim[2], lim[3], lim[4])
+    if ud == nil then return nil, e .. ": " .. endpoint(family, where, port), code end
+  else -- a host name: the first of its addresses that can be bound
+    local addrs
+    addrs, e, code = lookup(where)
+    if not addrs then return nil, e, code end
+    for i = 1, #addrs do
+      family = addrs[i][2]
+      ud, e, code = C.listen(family, addrs[i][1], port, backlog, opts.reuseport,
+                             opts.nodelay ~= false, lim[1], lim[2], lim[3], lim[4])
+      if ud then break end
+    end
+    if ud == nil then return nil, ("%s: %s:%s"):format(e, where, port), code end
+  end
   local sv = setmetatable({ud, false, opts.handler or false, false, false,
                            lim ~= DEFAULT_LIMITS and lim or false,
                            family = family}, Server)
@@ -648,6 +706,165 @@ end
 function Server.__tostring(sv)
   return ("tide.net.server (%s)"):format(sv[CLOSED] and "closed" or
     endpoint(sv.family, sv.path or sv.host, sv.port))
+end
+
+-- UDP ----------------------------------------------------------------------------
+-- A socket is a table: slot 1 the userdata, 2 closed, 3 the waiter of a
+-- recv_from (made when first needed), 4 the queue of tasks behind it.
+
+local U_W, U_Q = 3, 4
+local udp_methods = {}
+local Udp = {}
+local udp_stats, udp_recv = C.udp_stats, C.udp_recv
+
+function Udp.__index(u, k)
+  if k == "drops" then
+    local _, drops = udp_stats(u[UD])
+    return drops
+  end
+  return udp_methods[k]
+end
+
+local UdpWaiter = {}
+UdpWaiter.__index = UdpWaiter
+
+function UdpWaiter:close()
+  local u = self[1]
+  C.udp_cancel(u[UD])
+  signal(u, U_Q)
+end
+
+local function check_udp(u, fname, open)
+  if getmetatable(u) ~= Udp then
+    error(("bad argument #1 to '%s' (UDP socket expected, got %s)"):format(
+      fname, type(u)), 3)
+  end
+  if open and u[CLOSED] then error("attempt to use a closed socket", 3) end
+end
+
+local UDP_OPTS = {host = "any", port = "any", queue = "any"}
+local MAX_QUEUE = 1000000
+
+-- net.udp{host=, port=, queue=} -> sock | nil, msg, code
+function net.udp(opts)
+  if opts == nil then opts = {} end
+  check_options(opts, 1, "udp", UDP_OPTS)
+  local port = check_port(opts.port == nil and 0 or opts.port, 1, "udp", 0)
+  local where, family = check_host(opts.host == nil and "0.0.0.0" or opts.host,
+                                   1, "udp")
+  local queue = opts.queue
+  if queue == nil then queue = 1024
+  elseif type(queue) ~= "number" or queue ~= floor(queue) or queue < 1 or
+         queue > MAX_QUEUE then
+    argerror(1, "udp", ("option 'queue' must be an integer from 1 to %d, got %s")
+      :format(MAX_QUEUE, describe(queue)))
+  end
+  local ud, e, code
+  if family then
+    ud, e, code = C.udp_open(family, where, port, queue)
+    if ud == nil then return nil, e .. ": " .. endpoint(family, where, port), code end
+  else -- a host name: the first of its addresses that can be bound
+    local addrs
+    addrs, e, code = lookup(where)
+    if not addrs then return nil, e, code end
+    for i = 1, #addrs do
+      family = addrs[i][2]
+      ud, e, code = C.udp_open(family, addrs[i][1], port, queue)
+      if ud then break end
+    end
+    if ud == nil then return nil, ("%s: %s:%s"):format(e, where, port), code end
+  end
+  local u = setmetatable({ud, false, false, false, family = family}, Udp)
+  u.local_address, u.local_port = C.udp_address(ud)
+  u.host, u.port = u.local_address, u.local_port
+  return u
+end
+
+-- send_to(data, host, port) -> true | nil, msg, code; never waits
+function udp_methods.send_to(u, data, host, port)
+  check_udp(u, "send_to", true)
+  if type(data) ~= "string" then
+    argerror(1, "send_to", "string expected, got " .. type(data))
+  end
+  if #data > C.UDP_MAX then
+    argerror(1, "send_to", ("datagram must be at most %d bytes, got %d")
+      :format(C.UDP_MAX, #data))
+  end
+  if type(host) ~= "string" or not C.parse_host(host) or host:find("\0", 1, true) then
+    argerror(2, "send_to", "host must be a numeric IPv4 or IPv6 address, got " ..
+      describe(host))
+  end
+  port = check_port(port, 3, "send_to", 1)
+  if host:sub(1, 1) == "[" then host = host:sub(2, -2) end
+  local ok, e, code = C.udp_send(u[UD], data, host, port)
+  if ok then return true end
+  return nil, e .. ": " .. endpoint(C.parse_host(host), host, port), code
+end
+
+-- recv_from([timeout]) -> data, host, port | nil, msg, code
+function udp_methods.recv_from(u, timeout)
+  check_udp(u, "recv_from", true)
+  timeout = check_seconds(timeout, 1, "recv_from")
+  local w = u[U_W]
+  if not w then w = setmetatable({u}, UdpWaiter); u[U_W] = w end
+  local d, a, p = udp_recv(u[UD], w)
+  if d ~= false then return d, a, p end
+  local deadline, busy = timeout and hrtime() + timeout, a
+  while true do
+    local ok, e, code
+    if busy then ok, e, code = queue_wait(u, U_Q, deadline)
+    else ok, e, code = await(w, remaining(deadline), "recv_from") end
+    if not ok then signal(u, U_Q); return nil, e, code end
+    if u[CLOSED] then signal(u, U_Q); return nil, "closed", "ECANCELED" end
+    d, a, p = udp_recv(u[UD], w)
+    if d ~= false then signal(u, U_Q); return d, a, p end
+    busy = a
+  end
+end
+
+-- stats() -> {queued=, drops=, received=}
+function udp_methods.stats(u)
+  check_udp(u, "stats")
+  local q, drops, received = udp_stats(u[UD])
+  return {queued = q, drops = drops, received = received}
+end
+
+-- close(): idempotent; a task waiting in recv_from gets nil, "closed",
+-- "ECANCELED"
+function udp_methods.close(u)
+  check_udp(u, "close")
+  if u[CLOSED] then return end
+  u[CLOSED] = true
+  C.udp_close(u[UD])
+  if u[U_W] then complete(u[U_W], nil, "closed", "ECANCELED") end
+  if u[U_Q] then u[U_Q]:broadcast() end
+end
+
+function udp_methods.ref(u)
+  check_udp(u, "ref")
+  C.udp_ref(u[UD], true)
+  return u
+end
+
+function udp_methods.unref(u)
+  check_udp(u, "unref")
+  C.udp_ref(u[UD], false)
+  return u
+end
+
+function Udp.__tostring(u)
+  return ("tide.net.udp (%s)"):format(u[CLOSED] and "closed" or
+    endpoint(u.family, u.local_address, u.local_port))
+end
+
+-- tide.stats() gets udp_drops: what every UDP socket dropped
+do
+  local core_stats, total = tide.stats, C.udp_total_drops
+  function tide.stats()
+    local s = core_stats()
+    s.udp_drops = total()
+    return s
+  end
 end
 
 -- Other modules that make streams (process pipes, stdio) wrap them here.
