@@ -21,6 +21,11 @@
 #   PN=100000         empty worker-pool round trips (tide.pool.noop beside
 #                     luv's uv.new_work), one at a time and 64 at once
 #   TMO=120           `timeout` seconds for every single run (hyperfine: 10 x TMO)
+#   NET=1             the network workloads (the peers' B and F); NET=0 skips
+#                     them (and the C build) for a quick run
+#   DUR=10            seconds per echo-client run (workload echo)
+#   IDLE_CONNS=10000  idle connections held open (workload idle)
+#   CLI_CPU=1         CPU of the C load generators; the servers use CPU
 #   OUT=/tmp/tide-bench   logs/, results.tsv (every run) and tables.md
 #
 # Every run is wrapped in `timeout`; a runtime that is not installed (node, or
@@ -40,6 +45,10 @@ FSN=${FSN:-100000}        # file reads (the peers' workload D)
 PN=${PN:-100000}          # empty pool round trips
 TMO=${TMO:-120}
 OUT=${OUT:-/tmp/tide-bench}
+NET=${NET:-1}
+DUR=${DUR:-10}
+IDLE_CONNS=${IDLE_CONNS:-10000}
+CLI_CPU=${CLI_CPU:-1}
 
 log() { printf '[%s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 
@@ -56,6 +65,8 @@ HAVE_NODE=0; command -v node >/dev/null 2>&1 && HAVE_NODE=1
 [ -f "$PEER_DIR/node/timers.js" ] || HAVE_NODE=0
 HAVE_LUV=0; "$LUA" -e 'require"luv"' >/dev/null 2>&1 && [ -f "$PEER_DIR/luv/timers.lua" ] && HAVE_LUV=1
 HAVE_LUAJIT=0; command -v luajit >/dev/null 2>&1 && HAVE_LUAJIT=1
+HAVE_LUV_ECHO=0; [ "$HAVE_LUV" = 1 ] && [ -f "$PEER_DIR/luv/echo_server.lua" ] && HAVE_LUV_ECHO=1
+HAVE_NODE_ECHO=0; [ "$HAVE_NODE" = 1 ] && [ -f "$PEER_DIR/node/echo_server.js" ] && HAVE_NODE_ECHO=1
 
 TIMEBIN=/usr/bin/time
 if [ ! -x "$TIMEBIN" ]; then
@@ -67,6 +78,8 @@ if [ ! -x "$TIMEBIN" ]; then
 fi
 PIN=(taskset -c "$CPU")
 if ! taskset -c "$CPU" true 2>/dev/null; then log "taskset -c $CPU unavailable: not pinning"; PIN=(); fi
+CPIN=(taskset -c "$CLI_CPU")   # the load generators of echo / idle
+if ! taskset -c "$CLI_CPU" true 2>/dev/null; then log "taskset -c $CLI_CPU unavailable: load generators not pinned"; CPIN=(); fi
 
 short() { awk -v n="$1" 'BEGIN{ if (n % 1000000 == 0) printf "%dM", n / 1000000; else if (n % 1000 == 0) printf "%dk", n / 1000; else print n }'; }
 NL=$(short "$N"); FSNL=$(short "$FSN"); PNL=$(short "$PN")
@@ -127,10 +140,17 @@ cmd_for() {
     pool64:tide)     echo "$TIDE bench/pool_noop.lua $PN 64";;
     pool1:luv)       echo "$LUA bench/luv_work.lua $PN 1";;
     pool64:luv)      echo "$LUA bench/luv_work.lua $PN 64";;
+    # servers of workloads echo / idle (the peers' B / F), on 127.0.0.1:$PORT;
+    # tide's echo server parks every connection's task in conn:read(), so it
+    # serves the idle workload too
+    echo:tide|idle:tide) echo "$TIDE bench/echo_server.lua $PORT";;
+    echo:c|idle:c)       echo "$CBUILD/echo_server $PORT";;
+    echo:luv|idle:luv)   echo "$LUA $PEER_DIR/luv/echo_server.lua $PORT";;
+    echo:node|idle:node) echo "node $PEER_DIR/node/echo_server.js $PORT";;
   esac
 }
 available() {
-  case $1 in node) [ "$HAVE_NODE" = 1 ];; luv) [ "$HAVE_LUV" = 1 ];; *) true;; esac
+  case $1 in node) [ "$HAVE_NODE" = 1 ];; luv) [ "$HAVE_LUV" = 1 ];; c) [ "$HAVE_C" = 1 ];; *) true;; esac
 }
 
 # run_one WORKLOAD RUNTIME RUN: one pinned, timed-out run; records its RESULT
@@ -160,6 +180,133 @@ run_one() {
   log "$wl $rt run $r: $(grep RESULT "$lf" | tail -1)${rss:+, peak RSS $rss KiB}"
 }
 
+# ---------------------------------------------------------------- network workloads
+# echo (the peers' B): TCP echo ping-pong, 50 connections x 64 bytes for DUR s,
+# the server pinned to CPU, the C client (echo_client) to CLI_CPU; server CPU
+# per round-trip from /proc/PID/stat. idle (the peers' F): conn_hold opens
+# IDLE_CONNS connections and holds them; VmRSS of the server before and 3 s
+# after they are all established. Loopback only; every process is started in
+# the background, bounded by `timeout`, and stopped by its own pid.
+CBUILD="$OUT/cbuild"
+HAVE_C=0
+build_c() {
+  local f ok=1
+  mkdir -p "$CBUILD"
+  for f in echo_server echo_client conn_hold; do
+    if [ ! -x "$CBUILD/$f" ] || [ "$PEER_DIR/c/$f.c" -nt "$CBUILD/$f" ]; then
+      timeout "$TMO" gcc -O2 -Wall -o "$CBUILD/$f" "$PEER_DIR/c/$f.c" -levent > "$OUT/logs/cbuild-$f.txt" 2>&1 \
+        || { log "gcc of $PEER_DIR/c/$f.c failed (see $OUT/logs/cbuild-$f.txt)"; ok=0; }
+    fi
+  done
+  [ "$ok" = 1 ] && HAVE_C=1
+  # the load generators are needed by every peer
+  [ -x "$CBUILD/echo_client" ] && [ -x "$CBUILD/conn_hold" ]
+}
+CLK_TCK=$(getconf CLK_TCK)
+# ticks PID FIELDS -> CPU clock ticks of the process (all threads): utime (14) + stime (15)
+cpu_ticks() { sed 's/.*) //' "/proc/$1/stat" 2>/dev/null | awk '{print $12 + $13}'; }
+usr_ticks() { sed 's/.*) //' "/proc/$1/stat" 2>/dev/null | awk '{print $12}'; }
+vmrss() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status" 2>/dev/null; }
+# per_op T0 T1 OPS -> microseconds of CPU per op
+per_op() { awk -v a="$1" -v b="$2" -v n="$3" -v hz="$CLK_TCK" 'BEGIN{ if (a == "" || b == "" || n <= 0) exit; printf "%.2f", 1e6 * (b - a) / hz / n }'; }
+port_free() { ! ss -Htan "( sport = :$1 or dport = :$1 )" | grep -q .; }
+NEXT_PORT=18190
+SRV_PID=""; CLI_PID=""
+# start_server WL RT LOG -> SRV_PID, SRV_PORT (the server listening), or 1
+start_server() {
+  local cmd i
+  SRV_PID=""
+  for i in $(seq 1 50); do
+    NEXT_PORT=$((NEXT_PORT + 1)); [ "$NEXT_PORT" -gt 18390 ] && NEXT_PORT=18191
+    port_free "$NEXT_PORT" && break
+  done
+  SRV_PORT=$NEXT_PORT
+  cmd=$(PORT=$SRV_PORT; cmd_for "$1" "$2")
+  echo "\$ $cmd" > "$3.cmd"
+  # a hard limit on every server, too: TMO beyond the time its workload needs
+  ( ulimit -n "$NOFILE" 2>/dev/null; exec timeout "$((TMO + DUR + 60))" "${PIN[@]}" $cmd ) > "$3" 2>&1 &
+  SRV_PID=$!
+  for i in $(seq 1 100); do
+    ss -Hltn "sport = :$SRV_PORT" | grep -q . && { sleep 0.3; return 0; }
+    kill -0 "$SRV_PID" 2>/dev/null || break
+    sleep 0.1
+  done
+  log "$1 $2: server did not listen on 127.0.0.1:$SRV_PORT (see $3)"
+  stop_server; return 1
+}
+# stop_pid PID: TERM, up to 5 s, then KILL; reaps it
+stop_pid() {
+  [ -n "$1" ] || return 0
+  local i
+  kill "$1" 2>/dev/null
+  for i in $(seq 1 50); do kill -0 "$1" 2>/dev/null || break; sleep 0.1; done
+  kill -9 "$1" 2>/dev/null
+  wait "$1" 2>/dev/null
+}
+# `timeout` runs the server as its child: measure that child, not timeout itself
+server_pid() { local c; c=$(ps -o pid= --ppid "$1" 2>/dev/null | head -1 | tr -d ' '); echo "${c:-$1}"; }
+# stop_server: the server itself (timeout's child) first, then its timeout
+stop_server() { [ -n "$SRV_PID" ] || return 0; stop_pid "$(server_pid "$SRV_PID")"; stop_pid "$SRV_PID"; SRV_PID=""; }
+cleanup_net() { stop_pid "$CLI_PID"; CLI_PID=""; stop_server; }
+trap cleanup_net EXIT
+trap 'cleanup_net; exit 130' INT TERM
+# file descriptors for IDLE_CONNS connections (server and conn_hold), within the hard limit
+NOFILE=$(( IDLE_CONNS + 1024 ))
+HARD=$(ulimit -Hn); [ "$HARD" != unlimited ] && [ "$NOFILE" -gt "$HARD" ] && NOFILE=$HARD
+
+# echo_one RT RUN
+echo_one() {
+  local rt=$1 r=$2 lf sp t0 t1 u0 u1 n rps us uus pct
+  lf="$OUT/logs/echo-$rt-r$r.txt"
+  start_server echo "$rt" "$lf.server" || return
+  sp=$(server_pid "$SRV_PID")
+  # 1 s warm-up (JITs, buffers), not measured
+  timeout $((TMO)) "${CPIN[@]}" "$CBUILD/echo_client" "$SRV_PORT" 50 1 64 > "$lf.warmup" 2>&1
+  t0=$(cpu_ticks "$sp"); u0=$(usr_ticks "$sp")
+  timeout $((DUR + 30)) "${CPIN[@]}" "$CBUILD/echo_client" "$SRV_PORT" 50 "$DUR" 64 > "$lf" 2>&1
+  t1=$(cpu_ticks "$sp"); u1=$(usr_ticks "$sp")
+  stop_server
+  rps=$(result_field rps "$lf"); n=$(result_field roundtrips "$lf")
+  if [ -z "$rps" ] || [ -z "$t1" ]; then log "echo $rt run $r: FAILED (see $lf, $lf.server)"; return; fi
+  us=$(per_op "$t0" "$t1" "$n"); uus=$(per_op "$u0" "$u1" "$n")
+  pct=$(awk -v a="$t0" -v b="$t1" -v s="$(result_field seconds "$lf")" -v hz="$CLK_TCK" 'BEGIN{ if (s > 0) printf "%.0f", 100 * (b - a) / hz / s }')
+  add echo "$rt" rtps "$r" "$rps"
+  [ -n "$us" ] && add echo "$rt" srv_us_per_rt "$r" "$us"
+  [ -n "$uus" ] && add echo "$rt" srv_user_us_per_rt "$r" "$uus"
+  [ -n "$pct" ] && add echo "$rt" srv_cpu_pct "$r" "$pct"
+  log "echo $rt run $r: $rps rt/s, server CPU ${pct}% ${us} us/rt (user $uus)"
+}
+# idle_one RT RUN
+idle_one() {
+  local rt=$1 r=$2 lf sp r0 r1 est i per open
+  lf="$OUT/logs/idle-$rt-r$r.txt"
+  start_server idle "$rt" "$lf.server" || return
+  sp=$(server_pid "$SRV_PID")
+  sleep 1
+  r0=$(vmrss "$sp")
+  # hold 120 s at most; it is stopped (by pid) as soon as the RSS is read
+  ( ulimit -n "$NOFILE" 2>/dev/null; exec timeout 150 "${CPIN[@]}" "$CBUILD/conn_hold" "$SRV_PORT" "$IDLE_CONNS" 120 ) > "$lf" 2>&1 &
+  CLI_PID=$!
+  for i in $(seq 1 600); do grep -q '^OPEN' "$lf" && break; kill -0 "$CLI_PID" 2>/dev/null || break; sleep 0.1; done
+  for i in $(seq 1 100); do
+    est=$(ss -Htn state established "( sport = :$SRV_PORT )" | wc -l)
+    [ "$est" -ge "$IDLE_CONNS" ] && break; sleep 0.1
+  done
+  sleep 3
+  r1=$(vmrss "$sp")
+  est=$(ss -Htn state established "( sport = :$SRV_PORT )" | wc -l)
+  open=$(sed -n 's/^OPEN \([0-9]*\).*/\1/p' "$lf")
+  stop_pid "$CLI_PID"; CLI_PID=""
+  stop_server
+  if [ -z "$r0" ] || [ -z "$r1" ] || [ "${open:-0}" -lt "$IDLE_CONNS" ] || [ "$est" -lt "$IDLE_CONNS" ]; then
+    log "idle $rt run $r: FAILED (RSS '$r0' -> '$r1' KiB, OPEN ${open:-none}, $est established; see $lf, $lf.server)"; return
+  fi
+  per=$(awk -v a="$r0" -v b="$r1" -v n="$IDLE_CONNS" 'BEGIN{ printf "%.2f", (b - a) / n }')
+  add idle "$rt" rss_before_kib "$r" "$r0"; add idle "$rt" rss_after_kib "$r" "$r1"
+  add idle "$rt" kib_per_conn "$r" "$per"; add idle "$rt" established "$r" "$est"
+  log "idle $rt run $r: $r0 -> $r1 KiB, $per KiB/conn, $est established"
+}
+
 # ---------------------------------------------------------------- header
 {
   echo "## tide benchmarks ($(date -u '+%Y-%m-%d %H:%M UTC'), RUNS=$RUNS)"
@@ -176,7 +323,7 @@ run_one() {
          { git -C "$ROOT" diff --quiet HEAD -- host lua CMakeLists.txt 2>/dev/null || rev="$rev + uncommitted changes"; }
        echo "Source: commit ${rev:-unknown}; binary $TIDE built $(date -u -r "$TIDE" '+%Y-%m-%d %H:%M UTC')." ;;
   esac
-  echo "Pinning: ${PIN[*]:-none} for the 1M-callback and task workloads; startup unpinned."
+  echo "Pinning: ${PIN[*]:-none} for the 1M-callback and task workloads$([ "$NET" = 1 ] && echo " and the echo / idle servers (load generators: ${CPIN[*]:-unpinned})"); startup unpinned."
   echo
 } >> "$TABLES"
 
@@ -184,7 +331,19 @@ run_one() {
 for rt in node luv; do
   available "$rt" || { for wl in timers burst chain fsread fsread_orc pool1 pool64; do STATE["$wl|$rt"]=missing; done; log "$rt missing: its cells say so"; }
 done
-log "tide=$TIDE RUNS=$RUNS N=$N SLEEPERS=$SLEEPERS OUT=$OUT"
+NETRT=""
+if [ "$NET" = 1 ]; then
+  if build_c; then
+    NETRT="tide c luv node"
+    [ "$HAVE_C" = 1 ] || { STATE["echo|c"]=missing; STATE["idle|c"]=missing; }
+    [ "$HAVE_LUV_ECHO" = 1 ] || { STATE["echo|luv"]=missing; STATE["idle|luv"]=missing; }
+    [ "$HAVE_NODE_ECHO" = 1 ] || { STATE["echo|node"]=missing; STATE["idle|node"]=missing; }
+  else
+    log "the C load generators did not build: echo / idle skipped"
+  fi
+fi
+net_ok() { case $1 in tide) true;; c) [ "$HAVE_C" = 1 ];; luv) [ "$HAVE_LUV_ECHO" = 1 ];; node) [ "$HAVE_NODE_ECHO" = 1 ];; esac; }
+log "tide=$TIDE RUNS=$RUNS N=$N SLEEPERS=$SLEEPERS NET=$NET DUR=$DUR IDLE_CONNS=$IDLE_CONNS OUT=$OUT"
 # Repetitions are interleaved (run 1 of everything, then run 2, ...) so slow
 # drift of this noisy VM spreads over all runtimes alike.
 for r in $(seq 1 "$RUNS"); do
@@ -199,6 +358,8 @@ for r in $(seq 1 "$RUNS"); do
       available "$rt" && [ -n "$(cmd_for "$wl" "$rt")" ] && run_one "$wl" "$rt" "$r"
     done
   done
+  for rt in $NETRT; do net_ok "$rt" && echo_one "$rt" "$r"; done
+  for rt in $NETRT; do net_ok "$rt" && idle_one "$rt" "$r"; done
 done
 
 # Startup: hyperfine over the empty scripts (unpinned, as the peers' workload E).
@@ -296,6 +457,37 @@ fi
   printf '| %s | %s | %s | %s |\n' "$(cell sleepers tide rss_before_kib '%.0f')" "$(cell sleepers tide rss_after_kib '%.0f')" \
     "$(cell sleepers tide bytes_per_task '%.0f')" "$(cell sleepers tide lua_bytes_per_task '%.0f')"
   echo
+  if [ -n "$NETRT" ]; then
+    IL=$(echo "$IDLE_CONNS" | sed ':a;s/\B[0-9]\{3\}\>/,&/;ta')
+    echo "### TCP echo: 50 connections × 64-byte ping-pong, ${DUR} s (server ${PIN[*]:-unpinned}, C echo_client ${CPIN[*]:-unpinned}; median (min–max) of $RUNS)"
+    echo
+    echo "Server CPU = utime+stime of the server process over the run (/proc/PID/stat). One client core against one server core: round-trips/s can be client-bound, CPU µs per round-trip is not."
+    echo
+    echo "| server | round-trips/s | server CPU % | server CPU µs / round-trip | of which user | tide / peer (µs/rt) |"
+    echo "|---|---|---|---|---|---|"
+    tu=$(med echo tide srv_us_per_rt || true)
+    for rt in tide c luv node; do
+      case $rt in tide) d="tide (bench/echo_server.lua)";; c) d="C libevent bufferevent (c/echo_server.c)";;
+                  luv) d="LuaJIT + luv (luv/echo_server.lua)";; node) d="Node.js (node/echo_server.js)";; esac
+      rr=""; [ "$rt" != tide ] && rr=$(ratio "$tu" "$(med echo $rt srv_us_per_rt)")
+      printf '| %s | %s | %s | %s | %s | %s |\n' "$d" "$(cell echo $rt rtps '%.0f')" "$(cell echo $rt srv_cpu_pct '%.0f')" \
+        "$(cell echo $rt srv_us_per_rt '%.2f')" "$(cell echo $rt srv_user_us_per_rt '%.2f')" "$rr"
+    done
+    echo
+    echo "### $IL idle TCP connections (conn_hold; VmRSS of the server before / 3 s after all are established; median (min–max) of $RUNS)"
+    echo
+    echo "| server | RSS before KiB | RSS after KiB | KiB / connection | tide / peer |"
+    echo "|---|---|---|---|---|"
+    tk=$(med idle tide kib_per_conn || true)
+    for rt in tide c luv node; do
+      case $rt in tide) d="tide (bench/echo_server.lua: a task parked in conn:read() per connection)";; c) d="C libevent bufferevent";;
+                  luv) d="LuaJIT + luv";; node) d="Node.js";; esac
+      rr=""; [ "$rt" != tide ] && rr=$(ratio "$tk" "$(med idle $rt kib_per_conn)")
+      printf '| %s | %s | %s | %s | %s |\n' "$d" "$(cell idle $rt rss_before_kib '%.0f')" "$(cell idle $rt rss_after_kib '%.0f')" \
+        "$(cell idle $rt kib_per_conn '%.2f')" "$rr"
+    done
+    echo
+  fi
   echo "### Targets"
   echo
   echo "| target | measured (medians) | met? |"
@@ -317,6 +509,13 @@ fi
   printf '| %s read_file ≥ 2 × Node fs.readFile | tide %s / node %s ops/s | %s |\n' "$FSNL" "${ft:-?}" "${fn:-?}" "$(verdict "$rr" 0.5)"
   rr=$(ratio "$fl" "$ft"); [ "$rr" = n/a ] && rr=""
   printf '| %s read_file ahead of luv open/read/close | tide %s / luv %s ops/s | %s |\n' "$FSNL" "${ft:-?}" "${fl:-?}" "$(verdict_lt "$rr" 1)"
+  if [ -n "$NETRT" ]; then
+    eu=$(med echo tide srv_us_per_rt || true); el=$(med echo luv srv_us_per_rt || true)
+    rr=$(ratio "$eu" "$el"); [ "$rr" = n/a ] && rr=""
+    printf "| TCP echo server CPU per round-trip ≤ luv's | tide %s / luv %s µs = %s | %s |\n" "${eu:-?}" "${el:-?}" "${rr:-n/a}" "$(verdict "$rr" 1)"
+    ik=$(med idle tide kib_per_conn || true)
+    printf '| %s idle connections ≤ 1.5 KiB RSS each | %s KiB/connection | %s |\n' "$IL" "${ik:-?}" "$(verdict "$ik" 1.5)"
+  fi
   echo
 } >> "$TABLES"
 
