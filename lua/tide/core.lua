@@ -211,7 +211,8 @@ local on_timer
 local function new_task(fn, co, state)
   last_id = last_id + 1
   local t = setmetatable({on_timer, 0, 1, 0, false, fn = fn, co = co,
-                          state = state, wseq = 0, id = last_id, wq = false},
+                          state = state, wseq = 0, id = last_id, wq = false,
+                          args = false},
                          Task)
   t[5] = t
   return t
@@ -239,7 +240,7 @@ local function current_task(fname)
 end
 
 local function wake(t, a, b, c)
-  t.cleanup, t.sending, t.wq = nil, nil, nil
+  t.sending, t.wq = nil, nil
   t.wseq = t.wseq + 1 -- entries of this wait in any queue are now stale
   t.state = "ready"
   if t[2] ~= 0 then disarm(t) end -- its wait's timer
@@ -299,12 +300,15 @@ local function q_leave(q, t)
   q.h, q.t, q.stale = 1, m, 0
 end
 
--- A wait that ends early (timeout, cancel) closes what t.cleanup holds.
+-- A wait that ends early (timeout, cancel) gives up its place or its call.
 local function abandon(t)
-  local c = t.cleanup
-  if c then t.cleanup = nil; c:close() end
-  local q = t.wq
-  if q then t.wq = nil; q_leave(q, t) end
+  -- t.wq: the queue the task waits in, or an object whose close() cancels
+  -- what it waits for (one field: a task's table stays small)
+  local w = t.wq
+  if w then
+    t.wq = nil
+    if w.stale then q_leave(w, t) else w:close() end
+  end
 end
 
 function on_timer(t)
@@ -391,6 +395,12 @@ function finish(co, ok, ...)
       joined = true
     end
   end
+  local f = t.on_finish -- (for modules: tide._on_finish)
+  if f then
+    t.on_finish = nil
+    local fok, fe = pcall(f, t)
+    if not fok then report(fe, t) end
+  end
   if t.main and t.state ~= "done" then
     main_failed(t.err)
   elseif t.state == "failed" and not joined then
@@ -404,6 +414,8 @@ local function call_cb(cb)
   return cb[1](unpack(cb, 5, n + 4))
 end
 
+local ONE = {} -- t.args of a task spawned with one argument (in t[4])
+
 local function resume_task(t, a, b, c)
   if t.state ~= "ready" then return end -- cancelled before it started
   t.state = "running"
@@ -412,7 +424,14 @@ local function resume_task(t, a, b, c)
     co = take_runner()
     t.co = co
     co_task[co] = t
-    if t.args then ok, r = run_in(co, call_task, t)
+    local args = t.args
+    if args == ONE then
+      -- the one argument waited in t[4], the delay of the task's own wait
+      -- timer, which no wait has used yet
+      local a1 = t[4]
+      t.args, t[4] = false, 0
+      ok, r = run_in(co, t.fn, a1)
+    elseif args then ok, r = run_in(co, call_task, t)
     else ok, r = run_in(co, t.fn) end
   else
     ok, r = run_in(co, a, b, c)
@@ -505,7 +524,10 @@ end
 local function spawn(fn, ...)
   local n = select("#", ...)
   local t = new_task(fn, false, "ready")
-  if n > 0 then t.args = {n = n, ...} end
+  -- one argument goes straight to the runner's job(arg): no table, and no
+  -- frame for unpacking it under the parked task
+  if n == 1 then t.args, t[4] = ONE, ... -- (t[4]: see resume_task)
+  elseif n > 0 then t.args = {n = n, ...} end
   ntasks = ntasks + 1
   push_ready(t)
   return t
@@ -1019,7 +1041,7 @@ local function complete(req, ...)
   local t = req_task[req]
   if not t then return end
   req_task[req] = nil
-  if t.state == "waiting" and t.cleanup == req then
+  if t.state == "waiting" and t.wq == req then
     wake(t, RESULTS, {n = select("#", ...), ...})
   end
 end
@@ -1037,7 +1059,7 @@ local function await(req, timeout, fname)
     raise_cancel(t)
   end
   req_task[req] = t
-  t.cleanup = req
+  t.wq = req
   local a, b, c = park(nil, timeout, fname)
   if a == RESULTS then return unpack(b, 1, b.n) end
   return a, b, c
@@ -1047,6 +1069,10 @@ end
 -- task is cancelled) until tide._complete(obj, ...) hands it the results.
 tide._await = await
 tide._complete = complete
+-- fn(task) runs when task ends (returns, fails or is cancelled), before
+-- its error is reported; for modules, such as a server closing the
+-- connection of a handler task.
+function tide._on_finish(t, fn) t.on_finish = fn end
 
 -- the function tide_push_blocking gives C modules
 -- (the start function is called through a local of the call's name, so
@@ -1204,7 +1230,7 @@ function tide._wait_readable(fd, timeout)
   local t = current_task("_wait_readable")
   local w = C.when_readable(fd, on_readable, t)
   if not w then return true end -- a regular file: readable, never waits
-  t.cleanup = w
+  t.wq = w
   local ok, msg, code = park(nil, timeout, "_wait_readable")
   w:close()
   return ok, msg, code
@@ -1257,8 +1283,14 @@ function cancel(t, reason, token)
   elseif st == "ready" and not t.co then
     -- never started: it ends now, without running
     ntasks = ntasks - 1
-    t.fn, t.args = nil, nil
+    t.fn, t.args, t[4] = nil, false, 0
     t.state, t.err = "cancelled", e
+    local f = t.on_finish
+    if f then
+      t.on_finish = nil
+      local fok, fe = pcall(f, t)
+      if not fok then report(fe, t) end
+    end
     local j = t.joiners
     t.joiners = nil
     if j then

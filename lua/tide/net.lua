@@ -29,8 +29,9 @@ local type, error, tostring, select, pairs, setmetatable, getmetatable,
   xpcall, tonumber
 local floor, huge = math.floor, math.huge
 local traceback = debug.traceback
-local await, complete, hrtime, spawn, cond =
-  tide._await, tide._complete, tide.hrtime, tide.spawn, tide.cond
+local await, complete, hrtime, spawn, cond, on_finish =
+  tide._await, tide._complete, tide.hrtime, tide.spawn, tide.cond,
+  tide._on_finish
 
 local s_read, s_write, s_flush, s_shutdown, s_close, s_cancel =
   C.s_read, C.s_write, C.s_flush, C.s_shutdown, C.s_close, C.s_cancel
@@ -567,29 +568,13 @@ local function check_server(sv, fname, open)
   if open and sv[CLOSED] then error("attempt to use a closed server", 3) end
 end
 
--- An error escaping a handler keeps its traceback from where it was
--- raised (the frames under xpcall are the server's own).
-local function handler_error(e)
-  if type(e) ~= "string" then return e end -- cancellation, error objects
-  local tb = traceback(e, 2)
-  local i = tb:find("\n[^\n]*%[C%]: in function 'xpcall'")
-  return i and tb:sub(1, i - 1) or tb
-end
-
-local function handler_done(c, ok, e)
-  c:close()
-  if not ok then error(e, 0) end
-end
-
--- The task of an accepted connection: the handler, then close.
-local function run_handler(handler, c)
-  return handler_done(c, xpcall(handler, handler_error, c))
-end
-
--- (the poll phase, from the C half) a connection for a handler
+-- (the poll phase, from the C half) a connection for a handler: its task
+-- runs handler(conn) and, however it ends, closes the connection (the
+-- handler runs right on the task, with no frame of ours under it: a
+-- parked handler's coroutine stays small)
 local function on_accept(sv, ud, address, port, laddr, lport)
-  spawn(run_handler, sv[S_HANDLER],
-        wrap(ud, sv.family, address, port, laddr, lport, sv[S_LIM]))
+  local c = wrap(ud, sv.family, address, port, laddr, lport, sv[S_LIM])
+  on_finish(spawn(sv[S_HANDLER], c), function() c:close() end)
 end
 
 local LISTEN_OPTS = {host = "any", port = "any", path = "any", backlog = "any",
