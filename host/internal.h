@@ -126,6 +126,15 @@ void tide__close_later(tide_host *h, tide__deferred *d, tide__deferred_cb cb);
 void tide__imm_push(tide_host *h, tide__imm *im);
 void tide__imm_remove(tide_host *h, tide__imm *im);
 int tide__loop_alive(const tide_host *h);
+/* A handle's share of h->refs: pass whether it counted so far and whether
+ * it should now (active and referenced); h->refs follows, and the new
+ * state is returned to store back (it fits a 1-bit field). */
+static inline unsigned tide__refs_track(tide_host *h, unsigned counted,
+                                        unsigned want) {
+  want = want != 0;
+  if (want != counted) h->refs += want ? 1 : -1;
+  return want;
+}
 void tide__loop_shutdown(tide_host *h);
 
 /* host.c: calls into the Lua scheduler. fn_ref is h->ref_run_task or

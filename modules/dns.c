@@ -233,11 +233,8 @@ struct dns_res {
  * referenced; one being cancelled always does, until evdns calls back in
  * the next poll phase (so libevent's own memory for it is freed too). */
 static void query_count(dns_query *q) {
-  int want = q->ev && (q->r->refd || q->cancel_wanted);
-  if (want != q->counted) {
-    q->r->h->refs += want ? 1 : -1;
-    q->counted = want;
-  }
+  q->counted = (int)tide__refs_track(q->r->h, (unsigned)q->counted,
+                                      q->ev && (q->r->refd || q->cancel_wanted));
 }
 
 /* Close phase, after close(): the evdns_base goes (nothing of it is

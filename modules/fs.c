@@ -1087,11 +1087,8 @@ static const char *event_name(uint32_t m) {
 }
 
 static void watch_count(fs_watch *w) {
-  int want = w->ev && w->refd && !w->closed;
-  if (want != w->counted) {
-    w->h->refs += want ? 1 : -1;
-    w->counted = want;
-  }
+  w->counted = (int)tide__refs_track(w->h, (unsigned)w->counted,
+                                      w->ev && w->refd && !w->closed);
 }
 
 static void watch_release(tide_host *h, tide__deferred *d) {

@@ -272,11 +272,8 @@ static int server_active(const net_server *sv) {
 }
 
 static void server_count(net_server *sv) {
-  unsigned want = server_active(sv) && sv->refd;
-  if (want != sv->counted) {
-    sv->h->refs += want ? 1 : -1;
-    sv->counted = want;
-  }
+  sv->counted = tide__refs_track(sv->h, sv->counted,
+                                 server_active(sv) && sv->refd);
 }
 
 static void server_activate(lua_State *L, net_server *sv, int idx) {

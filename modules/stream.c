@@ -179,11 +179,7 @@ static int is_active(const tide__stream *s) {
 
 /* Keeps h->refs in step: an active, referenced stream keeps the loop alive. */
 static void count(tide__stream *s) {
-  unsigned want = is_active(s) && s->refd;
-  if (want != s->counted) {
-    s->h->refs += want ? 1 : -1;
-    s->counted = want;
-  }
+  s->counted = tide__refs_track(s->h, s->counted, is_active(s) && s->refd);
 }
 
 /* From a C function whose argument idx is the stream, once it is active. */

@@ -73,11 +73,7 @@ static udp_sock *check_udp(lua_State *L, int idx) {
 }
 
 static void udp_count(udp_sock *u) {
-  unsigned want = !u->closed && u->refd;
-  if (want != u->counted) {
-    u->h->refs += want ? 1 : -1;
-    u->counted = want;
-  }
+  u->counted = tide__refs_track(u->h, u->counted, !u->closed && u->refd);
 }
 
 static void udp_unwait(lua_State *L, udp_sock *u) {

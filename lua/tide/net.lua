@@ -556,6 +556,30 @@ end
 -- servers ------------------------------------------------------------------------
 
 local Server = {}
+
+-- Shared by servers and UDP sockets ------------------------------------------
+
+-- A closed handle wakes the task waiting on it (w) and those taking turns
+-- behind it (q).
+local function wake_closed(w, q)
+  if w then complete(w, nil, "closed", "ECANCELED") end
+  if q then q:broadcast() end
+end
+
+-- ref() and unref() for methods, with check(h, fname) and the C half's
+-- set_ref(ud, on)
+local function ref_methods(methods, check, set_ref)
+  function methods.ref(h)
+    check(h, "ref")
+    set_ref(h[UD], true)
+    return h
+  end
+  function methods.unref(h)
+    check(h, "unref")
+    set_ref(h[UD], false)
+    return h
+  end
+end
 Server.__index = Server
 -- slots: 1 the userdata, 2 closed, 3 handler, 4 waiter, 5 queue, 6 limits
 local S_HANDLER, S_W, S_Q, S_LIM = 3, 4, 5, 6
@@ -672,21 +696,10 @@ function Server.close(sv, fn)
   if sv[CLOSED] then return end
   sv[CLOSED] = true
   C.server_close(sv[UD], fn and {fn, sv} or nil)
-  if sv[S_W] then complete(sv[S_W], nil, "closed", "ECANCELED") end
-  if sv[S_Q] then sv[S_Q]:broadcast() end
+  wake_closed(sv[S_W], sv[S_Q])
 end
 
-function Server.ref(sv)
-  check_server(sv, "ref")
-  C.server_ref(sv[UD], true)
-  return sv
-end
-
-function Server.unref(sv)
-  check_server(sv, "unref")
-  C.server_ref(sv[UD], false)
-  return sv
-end
+ref_methods(Server, check_server, C.server_ref)
 
 function Server.__tostring(sv)
   return ("tide.net.server (%s)"):format(sv[CLOSED] and "closed" or
@@ -821,21 +834,10 @@ function udp_methods.close(u)
   if u[CLOSED] then return end
   u[CLOSED] = true
   C.udp_close(u[UD])
-  if u[U_W] then complete(u[U_W], nil, "closed", "ECANCELED") end
-  if u[U_Q] then u[U_Q]:broadcast() end
+  wake_closed(u[U_W], u[U_Q])
 end
 
-function udp_methods.ref(u)
-  check_udp(u, "ref")
-  C.udp_ref(u[UD], true)
-  return u
-end
-
-function udp_methods.unref(u)
-  check_udp(u, "unref")
-  C.udp_ref(u[UD], false)
-  return u
-end
+ref_methods(udp_methods, check_udp, C.udp_ref)
 
 function Udp.__tostring(u)
   return ("tide.net.udp (%s)"):format(u[CLOSED] and "closed" or
