@@ -173,14 +173,8 @@ static int open_host(lua_State *L) {
   lua_pushcfunction(L, tide__open_core);
   lua_setfield(L, -2, "tide");
   {
-    static const luaL_Reg c_modules[] = {{"tide.pool", tide__open_pool},
-                                         {"tide.worker.c", tide__open_worker},
-                                         {"tide.fs.c", tide__open_fs},
-                                         {"tide.net.c", tide__open_net},
-                                         {"tide.dns.c", tide__open_dns},
-                                         {NULL, NULL}};
     const luaL_Reg *r;
-    for (r = c_modules; r->name; r++) {
+    for (r = tide__c_modules; r->name; r++) {
       lua_pushcfunction(L, r->func);
       lua_setfield(L, -2, r->name);
     }

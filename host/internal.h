@@ -183,12 +183,13 @@ void tide__complete(tide_host *h, int nargs);
 int tide__open_core(lua_State *L);
 
 /* modules/: the C modules built in, opened by require "tide.<name>" (or,
- * for those with a Lua half in lua/tide/<name>.lua, "tide.<name>.c") */
-int tide__open_pool(lua_State *L);
-int tide__open_net(lua_State *L);
-int tide__open_fs(lua_State *L);
-int tide__open_worker(lua_State *L);
-int tide__open_dns(lua_State *L);
+ * for those with a Lua half in lua/tide/<name>.lua, "tide.<name>.c").
+ * A module declares its opener with this macro at the start of a line:
+ *   TIDE_MODULE("tide.fs.c", tide__open_fs) { ... }
+ * and the build finds it there (CMakeLists.txt writes the table
+ * tide__c_modules from every such line in the C files of modules/). */
+#define TIDE_MODULE(name, fn) int fn(lua_State *L)
+extern const luaL_Reg tide__c_modules[];
 
 /* lua_modules.c (generated): the embedded lua/tide/ *.lua files */
 typedef struct tide__lua_module {

@@ -694,7 +694,7 @@ static int l_res_tostring(lua_State *L) {
   return 1;
 }
 
-int tide__open_dns(lua_State *L) {
+TIDE_MODULE("tide.dns.c", tide__open_dns) {
   static const luaL_Reg methods[] = {{"close", l_res_close},
                                      {"closed", l_res_closed},
                                      {"pending", l_res_pending},

@@ -1266,7 +1266,7 @@ static int l_watch_tostring(lua_State *L) {
  * checked the arguments by then. A file's calls are plain start
  * functions: fs.lua waits on their requests itself, so that close() can
  * wake its waiters (tide._complete). fclose and watch_start do not wait. */
-int tide__open_fs(lua_State *L) {
+TIDE_MODULE("tide.fs.c", tide__open_fs) {
   static const struct {
     const char *key, *name;
     lua_CFunction start;

@@ -710,7 +710,7 @@ static int l_keepalive(lua_State *L) {
   return setopt_result(L, 0);
 }
 
-int tide__open_net(lua_State *L) {
+TIDE_MODULE("tide.net.c", tide__open_net) {
   static const luaL_Reg fns[] = {
       {"parse_host", l_parse_host},   {"connect", l_connect},
       {"listen", l_listen},           {"serve", l_serve},

@@ -87,7 +87,7 @@ static int l_stats(lua_State *L) {
   return 1;
 }
 
-int tide__open_pool(lua_State *L) {
+TIDE_MODULE("tide.pool", tide__open_pool) {
   lua_newtable(L);
   tide_push_blocking(L, start_sleep, "sleep");
   lua_setfield(L, -2, "sleep");

@@ -714,7 +714,7 @@ static int start_run(lua_State *L) {
   return tide_blocking(L, j, work, push, job_free, 0);
 }
 
-int tide__open_worker(lua_State *L) {
+TIDE_MODULE("tide.worker.c", tide__open_worker) {
   luaL_newmetatable(L, ARGS_MT);
   lua_pushcfunction(L, l_args_gc);
   lua_setfield(L, -2, "__gc");
