@@ -1146,6 +1146,13 @@ function tide.current()
   return co_task[co] or adopt(co)
 end
 
+-- The id of the running task, or nil in a callback that is not one (it
+-- does not make the callback a task, as tide.current does); for tide.log.
+function tide._task_id()
+  local t = cur_co and co_task[cur_co]
+  return t and t.id or nil
+end
+
 function tide.sleep(s)
   s = check_seconds(s, 1, "sleep")
   current_task("sleep") -- (here, so that its error names the caller's line)
