@@ -21,6 +21,7 @@
  *   address(s or server, peer) -> address, port
  *   nodelay(s, on), keepalive(s, on, idle) -> true | nil, msg, code
  *   udp_* (modules/udp.c): UDP sockets
+ *   tls_* (modules/tls.c): TLS sessions on streams
  *
  * Accepting never busy-loops: when accept(2) runs out of descriptors
  * (EMFILE, ENFILE) or memory, the server stops watching its socket for a
@@ -44,6 +45,7 @@
 #include <event2/event.h>
 
 #include "stream.h"
+#include "tls.h"
 
 #define SERVER_MT "tide.net.server"
 #define BACKOFF_MIN_MS 10
@@ -734,6 +736,7 @@ TIDE_MODULE("tide.net.c", tide__open_net) {
   }
   tide__stream_register(L);
   tide__udp_register(L);
+  tide__tls_register(L);
   lua_pushinteger(L, TIDE_STREAM_READ_HIGH);
   lua_setfield(L, -2, "READ_HIGH");
   lua_pushinteger(L, TIDE_STREAM_WRITE_HIGH);

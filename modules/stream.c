@@ -16,8 +16,10 @@
  *   s_shutdown(s)          -> true | nil, msg, code
  *   s_close(s[, {fn, obj}[, reset]]), s_cancel(s, dir), s_bind(s, obj),
  *   s_buffered(s) -> in, out, s_limits(s, ...), s_ref(s, on),
- *   s_linger(s, seconds); and stream_index, the streams' __index table,
- *   where the Lua half puts the read waiter's close()
+ *   s_linger(s, seconds), s_handshake(s) -> true | nil, msg, code
+ *                           | false (parked on the write waiter);
+ *   and stream_index, the streams' __index table, where the Lua half
+ *   puts the read waiter's close()
  *
  * The waiters: a read waits on the stream userdata itself, a write (or a
  * connect) on obj[TIDE_STREAM_WRITE_WAITER], obj being the Lua half's
@@ -47,11 +49,12 @@
 #include <event2/event.h>
 
 #include "stream.h"
+#include "tls.h"
 
 /* parked reads */
 enum { SR_SOME = 1, SR_LINE, SR_EXACT, SR_UNTIL };
 /* parked writes */
-enum { SW_WRITE = 1, SW_FLUSH, SW_CONNECT };
+enum { SW_WRITE = 1, SW_FLUSH, SW_CONNECT, SW_HANDSHAKE };
 /* the directions (s_cancel's argument) */
 enum { DIR_READ = 1, DIR_WRITE = 2 };
 
@@ -96,6 +99,13 @@ static int push_fail(lua_State *L, const char *msg, const char *code) {
   lua_pushstring(L, msg);
   lua_pushstring(L, code);
   return 3;
+}
+
+int tide__stream_push_error(lua_State *L, tide__stream *s, int err) {
+  if (err == TIDE_STREAM_ETLS)
+    return push_fail(L, s->tls_msg ? s->tls_msg : "TLS error",
+                     s->tls_code ? s->tls_code : "ETLS");
+  return tide__push_errno(L, err);
 }
 
 /* --- buffers --------------------------------------------------------------- */
@@ -222,6 +232,32 @@ static void disarm_write(tide__stream *s) {
   }
 }
 
+/* A read that must wait on a TLS stream: the session may hold data read
+ * from the socket already (the socket then never becomes readable for
+ * it), so the read callback runs once anyway. */
+static void kick_read(tide__stream *s) {
+  arm_read(s);
+  if (s->rarmed && s->ssl && tide__tls_pending(s))
+    event_active(s->rev, EV_READ, 1);
+}
+
+/* Output waits: for writability, or, when the TLS session's write needs
+ * to read first, for readability. */
+static void want_output(tide__stream *s) {
+  if (s->w_on_r) {
+    disarm_write(s);
+    arm_read(s);
+  } else {
+    arm_write(s);
+  }
+}
+
+/* Nothing more to send: write interest off, unless the TLS session's
+ * read waits for writability. */
+static void output_idle(tide__stream *s) {
+  if (!s->r_on_w) disarm_write(s);
+}
+
 static void clear_read(tide__stream *s) {
   s->rwait = 0;
   free(s->rsep);
@@ -232,6 +268,7 @@ static void clear_read(tide__stream *s) {
 static void close_fd(tide__stream *s) {
   disarm_read(s);
   disarm_write(s);
+  if (s->ssl) tide__tls_free(s); /* (close_notify, when it may) */
   if (s->fd >= 0) {
     close(s->fd); /* a socket's close never blocks without SO_LINGER */
     s->fd = -1;
@@ -348,7 +385,7 @@ static int read_finish(lua_State *L, tide__stream *s, int kind, size_t n,
     if (s->in.len >= n + seplen) return push_fail(L, "line too long", "E2BIG");
     break;
   }
-  if (s->rerr) return tide__push_errno(L, s->rerr);
+  if (s->rerr) return tide__stream_push_error(L, s, s->rerr);
   lua_pushnil(L); /* the end of the stream (what is left stays buffered) */
   return 1;
 }
@@ -383,7 +420,7 @@ static int l_read(lua_State *L) {
   s->rwait = kind;
   s->rn = n;
   s->rscan = 0;
-  arm_read(s);
+  kick_read(s);
   activate(L, s, 1);
   lua_pushboolean(L, 0);
   return 1;
@@ -391,53 +428,92 @@ static int l_read(lua_State *L) {
 
 enum { RD_NONE, RD_WAKE, RD_DATA };
 
-/* One read(2). A read that waits for any data gets it directly (pushed on
- * h->L: RD_DATA); else the data goes to the input buffer. The 64 KiB
- * buffer lives on the stack of this function only, not through the call
- * into Lua that may follow. */
+/* Data or raw records still inside a TLS session (they come without the
+ * socket becoming readable again). */
+static int session_holds(tide__stream *s) {
+  return s->ssl && !s->eof && !s->rerr && !s->handshaking &&
+         tide__tls_pending(s);
+}
+
+/* One read(2) (on TLS, SSL_read: as many as the session holds). A read
+ * that waits for any data gets it directly (pushed on h->L: RD_DATA);
+ * else the data goes to the input buffer. The 64 KiB buffer lives on the
+ * stack of this function only, not through the call into Lua that may
+ * follow. */
 static __attribute__((noinline)) int fill(tide__stream *s) {
   char chunk[READ_CHUNK];
   tide__buf *in = &s->in;
-  int direct = s->rwait == SR_SOME && in->len == 0;
-  char *dst = chunk;
-  size_t room = sizeof chunk;
-  ssize_t n;
-  if (!direct && in->cap - in->off - in->len >= DIRECT_ROOM) {
-    dst = in->p + in->off + in->len;
-    room = in->cap - in->off - in->len;
-  }
-  do n = read(s->fd, dst, room);
-  while (n < 0 && errno == EINTR);
-  if (n < 0) {
-    if (errno == EAGAIN || errno == EWOULDBLOCK) return RD_NONE;
-    s->rerr = errno;
-  } else if (n == 0) {
-    s->eof = 1;
-  } else if (dst != chunk) {
-    in->len += (size_t)n;
-  } else if (direct) {
-    size_t give = (size_t)n < s->rn ? (size_t)n : s->rn;
-    if (give < (size_t)n && buf_append(in, chunk + give, (size_t)n - give) != 0)
+  for (;;) {
+    int direct = s->rwait == SR_SOME && in->len == 0, err = 0;
+    char *dst = chunk;
+    size_t room = sizeof chunk;
+    ssize_t n;
+    if (!direct && in->cap - in->off - in->len >= DIRECT_ROOM) {
+      dst = in->p + in->off + in->len;
+      room = in->cap - in->off - in->len;
+    }
+    if (s->ssl) {
+      n = tide__tls_recv(s, dst, room, &err);
+    } else {
+      do n = read(s->fd, dst, room);
+      while (n < 0 && errno == EINTR);
+      if (n < 0) err = errno;
+    }
+    if (n < 0) {
+      if (err == EAGAIN || err == EWOULDBLOCK) {
+        if (s->r_on_w) arm_write(s); /* the session must write first */
+        return RD_NONE;
+      }
+      s->rerr = err;
+    } else if (n == 0) {
+      s->eof = 1;
+    } else if (dst != chunk) {
+      in->len += (size_t)n;
+    } else if (direct) {
+      size_t give = (size_t)n < s->rn ? (size_t)n : s->rn;
+      if (give < (size_t)n && buf_append(in, chunk + give, (size_t)n - give) != 0)
+        s->rerr = ENOMEM;
+      lua_pushlstring(s->h->L, chunk, give);
+      return RD_DATA;
+    } else if (buf_append(in, chunk, (size_t)n) != 0) {
       s->rerr = ENOMEM;
-    lua_pushlstring(s->h->L, chunk, give);
-    return RD_DATA;
-  } else if (buf_append(in, chunk, (size_t)n) != 0) {
-    s->rerr = ENOMEM;
+    }
+    if (s->eof || s->rerr) disarm_read(s); /* level-triggered: never again */
+    if (s->rwait &&
+        !read_ready(s, s->rwait, s->rn, s->rsep, s->rseplen, &s->rscan)) {
+      if (session_holds(s)) continue;
+      return RD_NONE; /* it needs more: read on */
+    }
+    /* nobody waits (or the wait ends now): pause at the high-water mark;
+     * the next read that must wait arms it again */
+    if (in->len >= s->lim.read_high) {
+      disarm_read(s);
+    } else if (!s->rwait && session_holds(s)) {
+      continue; /* empty the session: the socket will not tell again */
+    }
+    return s->rwait ? RD_WAKE : RD_NONE;
   }
-  if (s->eof || s->rerr) disarm_read(s); /* level-triggered: never again */
-  if (s->rwait &&
-      !read_ready(s, s->rwait, s->rn, s->rsep, s->rseplen, &s->rscan))
-    return RD_NONE; /* it needs more: read on */
-  /* nobody waits (or the wait ends now): pause at the high-water mark;
-   * the next read that must wait arms it again */
-  if (in->len >= s->lim.read_high) disarm_read(s);
-  return s->rwait ? RD_WAKE : RD_NONE;
 }
+
+static void on_writable(evutil_socket_t fd, short what, void *arg);
+static void handshake_step(tide__stream *s);
 
 static void on_readable(evutil_socket_t fd, short what, void *arg) {
   tide__stream *s = arg;
-  int r = fill(s);
-  (void)fd, (void)what;
+  int r;
+  (void)what;
+  if (s->ssl) {
+    if (s->handshaking) {
+      handshake_step(s);
+      return;
+    }
+    if (s->w_on_r) { /* the session's write waited for this */
+      s->w_on_r = 0;
+      on_writable(fd, EV_WRITE, s);
+      if (s->fd < 0 || !s->rarmed) return;
+    }
+  }
+  r = fill(s);
   if (r == RD_NONE) return;
   clear_read(s);
   wake(s, DIR_READ, r == RD_DATA ? 1 : 0);
@@ -445,8 +521,15 @@ static void on_readable(evutil_socket_t fd, short what, void *arg) {
 
 /* --- writing ------------------------------------------------------------------- */
 
+/* -1 with errno set on failure (TIDE_STREAM_ETLS: a TLS failure) */
 static ssize_t send_iov(tide__stream *s, struct iovec *iov, int n) {
   ssize_t r;
+  if (s->ssl) {
+    int err = 0;
+    r = tide__tls_send(s, iov, n, &err);
+    if (r < 0) errno = err;
+    return r;
+  }
   do {
     if (s->flags & TIDE_STREAM_SOCKET) {
       if (n == 1) {
@@ -470,6 +553,10 @@ static ssize_t send_iov(tide__stream *s, struct iovec *iov, int n) {
  * to queue. */
 static void maybe_shutdown(tide__stream *s) {
   if (!s->shut_pending || s->out.len || s->wwait || s->werr) return;
+  if (s->ssl && s->fd >= 0 && !s->tls_shut && tide__tls_shutdown(s) == 1) {
+    arm_write(s); /* close_notify waits for room: flush_some comes back */
+    return;
+  }
   s->shut_pending = 0;
   s->shut_done = 1;
   if (s->fd >= 0 && (s->flags & TIDE_STREAM_SOCKET)) shutdown(s->fd, SHUT_WR);
@@ -480,7 +567,8 @@ static void flush_some(tide__stream *s) {
   struct iovec iov;
   ssize_t n;
   if (s->out.len == 0 || s->werr) {
-    disarm_write(s);
+    output_idle(s);
+    maybe_shutdown(s);
     return;
   }
   iov.iov_base = s->out.p + s->out.off;
@@ -492,8 +580,9 @@ static void flush_some(tide__stream *s) {
     s->werr = errno;
     buf_free(&s->out);
   }
+  if (s->w_on_r && s->out.len) want_output(s); /* the session reads first */
   if (s->out.len == 0) {
-    disarm_write(s);
+    output_idle(s);
     maybe_shutdown(s);
   }
 }
@@ -503,6 +592,7 @@ static void flush_some(tide__stream *s) {
 static void linger_end(tide__stream *s, int timed_out) {
   if (timed_out && s->fd >= 0) {
     struct linger lg = {1, 0};
+    s->tls_fatal = 1; /* no close_notify after lost data */
     setsockopt(s->fd, SOL_SOCKET, SO_LINGER, &lg, sizeof lg);
   }
   close_fd(s);
@@ -539,6 +629,18 @@ static void on_writable(evutil_socket_t fd, short what, void *arg) {
     connect_done(s);
     return;
   }
+  if (s->ssl) {
+    if (s->handshaking) {
+      handshake_step(s);
+      return;
+    }
+    if (s->r_on_w) { /* the session's read waited for this */
+      s->r_on_w = 0;
+      if (s->out.len == 0 && !s->shut_pending) disarm_write(s);
+      on_readable(fd, EV_READ, s);
+      if (s->fd < 0) return;
+    }
+  }
   flush_some(s);
   if (s->lingering) {
     if (s->out.len == 0 || s->werr) linger_end(s, 0);
@@ -569,7 +671,7 @@ static int l_write(lua_State *L) {
   if (s->closed) return push_fail(L, "closed", "ECANCELED");
   if (!(s->flags & TIDE_STREAM_WRITABLE))
     return push_fail(L, "not open for writing", "EBADF");
-  if (s->werr) return tide__push_errno(L, s->werr);
+  if (s->werr) return tide__stream_push_error(L, s, s->werr);
   for (i = 3; i <= top; i++) {
     lua_tolstring(L, i, &len);
     total += len;
@@ -594,7 +696,7 @@ static int l_write(lua_State *L) {
     if (n < 0) {
       if (errno != EAGAIN && errno != EWOULDBLOCK) {
         s->werr = errno;
-        return tide__push_errno(L, errno);
+        return tide__stream_push_error(L, s, s->werr);
       }
     } else {
       pos += (size_t)n;
@@ -602,6 +704,8 @@ static int l_write(lua_State *L) {
   }
   if (pos < total && s->out.len < s->lim.write_high) { /* queue what fits */
     size_t room = s->lim.write_high - s->out.len;
+    /* a TLS write to repeat needs at least the bytes it was given */
+    if (s->ssl && s->tls_retry > room) room = s->tls_retry;
     skip = pos;
     for (i = 3; i <= top && room > 0; i++) {
       size_t take;
@@ -618,7 +722,7 @@ static int l_write(lua_State *L) {
       skip = 0;
     }
   }
-  if (s->out.len) arm_write(s);
+  if (s->out.len) want_output(s);
   if (pos >= total) {
     maybe_shutdown(s);
     lua_pushboolean(L, 1);
@@ -640,7 +744,7 @@ static int l_flush(lua_State *L) {
     return 2;
   }
   if (s->closed) return push_fail(L, "closed", "ECANCELED");
-  if (s->werr) return tide__push_errno(L, s->werr);
+  if (s->werr) return tide__stream_push_error(L, s, s->werr);
   if (s->out.len == 0) {
     lua_pushboolean(L, 1);
     return 1;
@@ -654,12 +758,73 @@ static int l_flush(lua_State *L) {
 /* s_shutdown(s): the end of the output, after what is queued */
 static int l_shutdown(lua_State *L) {
   tide__stream *s = check(L);
-  if (s->werr) return tide__push_errno(L, s->werr);
+  if (s->werr) return tide__stream_push_error(L, s, s->werr);
   if (!s->shut_done) {
     s->shut_pending = 1;
     maybe_shutdown(s);
   }
   lua_pushboolean(L, 1);
+  return 1;
+}
+
+/* --- the TLS handshake ---------------------------------------------------------- */
+
+/* One step: 1 done, 0 waiting (the direction it needs is armed), -1
+ * failed (rerr and werr hold why). */
+static int handshake_try(tide__stream *s) {
+  switch (tide__tls_handshake(s)) {
+  case TIDE_TLS_DONE:
+    s->handshaking = 0;
+    if (s->out.len == 0) disarm_write(s);
+    if (s->rwait) kick_read(s); /* (a read parked through starttls) */
+    return 1;
+  case TIDE_TLS_WANT_READ:
+    disarm_write(s);
+    arm_read(s);
+    return 0;
+  case TIDE_TLS_WANT_WRITE:
+    disarm_read(s);
+    arm_write(s);
+    return 0;
+  default:
+    disarm_read(s);
+    disarm_write(s);
+    return -1;
+  }
+}
+
+/* From the events: the handshake goes on; its end wakes the write waiter */
+static void handshake_step(tide__stream *s) {
+  int r = handshake_try(s);
+  if (r == 0 || s->wwait != SW_HANDSHAKE) return;
+  s->wwait = 0;
+  if (r < 0)
+    wake(s, DIR_WRITE, tide__stream_push_error(s->h->L, s, s->werr));
+  else
+    wake(s, DIR_WRITE, 0);
+}
+
+/* s_handshake(s): after tls_attach (tls.c) */
+static int l_handshake(lua_State *L) {
+  tide__stream *s = check(L);
+  int r;
+  if (s->closed) return push_fail(L, "closed", "ECANCELED");
+  if (!s->ssl) return luaL_error(L, "not a TLS stream");
+  if (s->werr) return tide__stream_push_error(L, s, s->werr);
+  if (!s->handshaking) {
+    lua_pushboolean(L, 1);
+    return 1;
+  }
+  if (s->wwait) return luaL_error(L, "the stream's output is busy");
+  r = handshake_try(s);
+  if (r < 0) return tide__stream_push_error(L, s, s->werr);
+  if (r > 0) {
+    lua_pushboolean(L, 1);
+    return 1;
+  }
+  s->wwait = SW_HANDSHAKE;
+  activate(L, s, 1);
+  lua_pushboolean(L, 0);
   return 1;
 }
 
@@ -705,6 +870,7 @@ static int l_close(lua_State *L) {
   buf_free(&s->in);
   if (reset && s->fd >= 0 && (s->flags & TIDE_STREAM_SOCKET)) {
     struct linger lg = {1, 0};
+    s->tls_fatal = 1; /* an abort: no close_notify */
     setsockopt(s->fd, SOL_SOCKET, SO_LINGER, &lg, sizeof lg);
   } else if (s->fd >= 0 && s->out.len && !s->werr && !s->connecting &&
              s->linger > 0) {
@@ -740,6 +906,8 @@ static int l_gc(lua_State *L) {
   close_fd(s);
   buf_free(&s->in);
   buf_free(&s->out);
+  free(s->tls_msg);
+  s->tls_msg = NULL;
   if (s->counted) {
     s->h->refs--;
     s->counted = 0;
@@ -758,6 +926,10 @@ static int l_cancel(lua_State *L) {
       s->connecting = 0;
       close_fd(s);
       s->werr = ECANCELED;
+    } else if (s->wwait == SW_HANDSHAKE) { /* abandoned: the session is done */
+      disarm_read(s);
+      disarm_write(s);
+      s->rerr = s->werr = ECANCELED;
     }
     s->wwait = 0;
     maybe_shutdown(s);
@@ -855,7 +1027,8 @@ void tide__stream_register(lua_State *L) {
       {"s_close", l_close},     {"s_cancel", l_cancel},
       {"s_bind", l_bind},       {"s_buffered", l_buffered},
       {"s_limits", l_limits},   {"s_ref", l_ref},
-      {"s_linger", l_linger},   {NULL, NULL}};
+      {"s_linger", l_linger},   {"s_handshake", l_handshake},
+      {NULL, NULL}};
   const luaL_Reg *f;
   if (luaL_newmetatable(L, TIDE_STREAM_MT)) {
     lua_pushcfunction(L, l_gc);

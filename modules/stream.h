@@ -17,6 +17,12 @@
  * must wait and stays armed while the input buffer is under its
  * high-water mark, so a connection being read costs no epoll_ctl per
  * message.
+ *
+ * A stream may carry a TLS session (modules/tls.c): then the session's
+ * SSL_read and SSL_write take the place of read(2) and send(2) under the
+ * same buffers, parked operations and events, and a session that needs
+ * the other direction's readiness (a read that must write, a write that
+ * must read) arms that direction's event for it.
  */
 #ifndef TIDE_STREAM_H
 #define TIDE_STREAM_H
@@ -43,6 +49,12 @@
 #define TIDE_STREAM_WRITE_LOW 16384
 #define TIDE_STREAM_MAX_LINE 65536
 #define TIDE_STREAM_LINGER 30.0 /* seconds close() flushes in the background */
+
+/* rerr / werr of a stream whose TLS session failed: the message and code
+ * are in the stream (tls_msg, tls_code) */
+#define TIDE_STREAM_ETLS (-1)
+
+struct ssl_st;
 
 typedef struct tide__buf {
   char *p;
@@ -88,6 +100,19 @@ struct tide__stream {
   int close_cb;           /* anchor of {fn, obj} for close(fn), or LUA_NOREF */
   tide__deferred close_node;
   struct event *rev, *wev; /* inside the userdata, after this struct */
+
+  /* TLS (modules/tls.c); ssl is NULL on a plain stream */
+  struct ssl_st *ssl;
+  unsigned handshaking : 1;  /* the handshake has not finished */
+  unsigned r_on_w : 1;       /* the session's read waits for writability */
+  unsigned w_on_r : 1;       /* the session's write waits for readability */
+  unsigned tls_fatal : 1;    /* the session failed: no close_notify */
+  unsigned tls_shut : 1;     /* close_notify sent */
+  size_t tls_retry;          /* a write to repeat has this many bytes */
+  tide__buf tls_in;         /* input that came before the session began:
+                                the session reads it first */
+  char *tls_msg;             /* TIDE_STREAM_ETLS's message (malloc'd) */
+  const char *tls_code;      /* and code ("ETLS", "ECERT", ...) */
 };
 
 /* Pushes a new stream on fd (already non-blocking; the stream owns it
@@ -113,6 +138,10 @@ void tide__stream_register(lua_State *L);
  * to its write waiter as true or nil, message, code. Called by net.c from
  * a function whose argument idx is the stream. */
 void tide__stream_connect_wait(lua_State *L, tide__stream *s, int idx);
+
+/* Pushes nil, message, code for a stream's sticky error err (an errno
+ * or TIDE_STREAM_ETLS). Returns 3. */
+int tide__stream_push_error(lua_State *L, tide__stream *s, int err);
 
 /* Pushes nil, message, code for errno err (message: strerror in lower
  * case, the code: "ECONNREFUSED" and so on). Returns 3. */

@@ -1101,7 +1101,7 @@ describe("tide.net", function()
       assert.matches("seconds must be a finite number", error_of(net.connect, {port = 1, timeout = "1"}))
       assert.matches("option 'write_low' %(100%) must not exceed 'write_high' %(10%)",
                      error_of(net.connect, {port = 1, write_high = 10, write_low = 100}))
-      assert.matches("option 'tls' is not supported yet", error_of(net.connect, {port = 1, tls = {}}))
+      assert.matches("option 'tls' must be true or a table", error_of(net.connect, {port = 1, tls = 1}))
     end)
 
     it("raises on bad method arguments and closed handles", function()

@@ -15,6 +15,10 @@
 -- the loop's callbacks), so it asks again before another task can take
 -- what it was woken for.
 --
+-- TLS (modules/tls.c, docs/tls.md) is a session inside the stream: the
+-- same calls work on it. This half checks the `tls` options, caches the
+-- contexts (one per set of options), and waits for the handshakes.
+--
 -- Here: argument and option checks (misuse raises, naming the argument),
 -- timeouts, tasks that queue behind another task's read or write on the
 -- same connection, waking the tasks that wait on a handle when it is
@@ -166,9 +170,6 @@ local function check_options(opts, n, fname, allowed)
         type(v), 4)
     end
   end
-  if opts.tls ~= nil then
-    argerror(n, fname, "option 'tls' is not supported yet", 4)
-  end
   return opts
 end
 
@@ -200,6 +201,8 @@ local DEFAULT_LIMITS = {C.READ_HIGH, C.WRITE_HIGH, C.WRITE_LOW, C.MAX_LINE}
 -- WW is TIDE_STREAM_WRITE_WAITER of modules/stream.h.
 
 local UD, CLOSED, RT, WT, SHUT, WW, RQ, WQ, LIM = 1, 2, 3, 4, 5, 6, 7, 8, 9
+-- (and, when set: the host a client named, the TLS context in use)
+local HOST, TLS = 10, 11
 
 local function signal(h, slot) -- the next task queued for that direction
   local q = h[slot]
@@ -487,6 +490,178 @@ local function wrap(ud, family, address, port, laddr, lport, lim)
   return c
 end
 
+-- TLS ---------------------------------------------------------------------------
+-- A context (SSL_CTX) per set of options, built on the worker pool and
+-- cached while anything uses it: a server holds its own, a connection the
+-- one its session was made from.
+
+local tls_context, tls_attach, tls_info, s_handshake =
+  C.tls_context, C.tls_attach, C.tls_info, C.s_handshake
+local concat, min = table.concat, math.min
+
+net.defaults.handshake_timeout = 10
+
+local contexts = setmetatable({}, {__mode = "v"})
+
+local TLS_CLIENT = {servername = "string", verify = "boolean", ca = "string",
+                    alpn = "table", handshake_timeout = "number"}
+local TLS_SERVER = {cert = "string", key = "string", alpn = "table",
+                    handshake_timeout = "number"}
+local TLS_STARTTLS = {server = "boolean"}
+for k, v in pairs(TLS_CLIENT) do TLS_STARTTLS[k] = v end
+for k, v in pairs(TLS_SERVER) do TLS_STARTTLS[k] = v end
+
+-- The `tls` option (true: a client's defaults) checked and normalised:
+-- {server=, verify=, servername=, ca=, cert=, key=, alpn= (wire format),
+-- handshake_timeout=}. Called by the public function itself.
+local function check_tls(t, n, fname, server, starttls)
+  if t == true then t = {} end
+  if type(t) ~= "table" then
+    argerror(n, fname, "option 'tls' must be true or a table, got " .. type(t), 4)
+  end
+  local allowed = starttls and TLS_STARTTLS or server and TLS_SERVER or TLS_CLIENT
+  for k, v in pairs(t) do
+    local kind = allowed[k]
+    if not kind then
+      argerror(n, fname, "unknown TLS option '" .. tostring(k) .. "'", 4)
+    end
+    if type(v) ~= kind then
+      argerror(n, fname, ("TLS option '%s' must be a %s, got %s"):format(
+        k, kind, type(v)), 4)
+    end
+    if kind == "string" and (v == "" or v:find("\0", 1, true)) then
+      argerror(n, fname, ("TLS option '%s' must be a non-empty string without NUL, got %s")
+        :format(k, describe(v)), 4)
+    end
+  end
+  local r = {server = server or false, verify = t.verify ~= false,
+             servername = t.servername, ca = t.ca, cert = t.cert, key = t.key,
+             handshake_timeout = net.defaults.handshake_timeout}
+  if server then
+    if not t.cert or not t.key then
+      argerror(n, fname, "TLS options 'cert' and 'key' are required for a server", 4)
+    end
+    r.verify = false
+  elseif t.cert or t.key then
+    argerror(n, fname, "TLS options 'cert' and 'key' are for servers (server = true)", 4)
+  end
+  local hto = t.handshake_timeout
+  if hto ~= nil then
+    if hto ~= hto or hto <= 0 or hto == huge then
+      argerror(n, fname, "TLS option 'handshake_timeout' must be a positive number of seconds, got " ..
+        describe(hto), 4)
+    end
+    r.handshake_timeout = hto
+  end
+  if t.alpn then
+    local wire = {}
+    for i = 1, #t.alpn do
+      local p = t.alpn[i]
+      if type(p) ~= "string" or #p == 0 or #p > 255 then
+        argerror(n, fname, ("TLS option 'alpn' must list protocol names of 1 to 255 bytes, got %s at %d")
+          :format(describe(p), i), 4)
+      end
+      wire[i] = string.char(#p) .. p
+    end
+    if #wire == 0 then
+      argerror(n, fname, "TLS option 'alpn' must list at least one protocol", 4)
+    end
+    r.alpn = concat(wire)
+  end
+  return r
+end
+
+-- The context for checked options t (fresh: build it anew, and cache that)
+local function context(t, fresh)
+  local key = concat({t.server and "s" or "c", t.verify and "v" or "-",
+                      t.cert or "", t.key or "", t.ca or "", t.alpn or ""}, "\0")
+  local ctx = not fresh and contexts[key]
+  if ctx then return ctx end
+  local e, code
+  ctx, e, code = tls_context(t.server, t.verify, t.cert, t.key, t.ca, t.alpn)
+  if not ctx then return nil, e, code end
+  contexts[key] = ctx
+  return ctx
+end
+
+-- Waits for the handshake of c's session: true or nil, msg, code.
+local function handshake(c, timeout, fname)
+  local r, e, code = s_handshake(c[UD])
+  if r == false then
+    r, e, code = await(c[WW] or write_waiter(c), timeout or nil, fname)
+    if c[CLOSED] then r, e, code = nil, "closed", "ECANCELED"
+    elseif code == "ETIMEDOUT" then e = "TLS handshake timed out" end
+  end
+  signal(c, WQ) -- writes that queued behind the handshake (starttls)
+  if not r then return nil, e, code end
+  local info = tls_info(c[UD])
+  c.alpn = info and info.alpn
+  return true
+end
+
+-- A client session on c and its handshake. host: the host the client
+-- named (a name, or a numeric address), if any.
+local function client_tls(c, t, ctx, host, timeout, fname)
+  local e, code
+  -- a name goes in SNI and is what the certificate must carry; a numeric
+  -- address (as host, or as servername) is checked as an IP address and
+  -- sent in no SNI (RFC 6066)
+  local target = t.servername or host
+  local numeric = target and C.parse_host(target)
+  local sni = target and not numeric and target or nil
+  local name, ip
+  if t.verify then
+    if sni then name = sni
+    elseif numeric then ip = target:gsub("^%[", ""):gsub("%]$", ""):gsub("%%.*", "")
+    end
+  end
+  local ok
+  ok, e, code = tls_attach(c[UD], ctx, false, sni, name, ip)
+  if not ok then return nil, e, code end
+  c[TLS] = ctx
+  return handshake(c, timeout and min(timeout, t.handshake_timeout) or
+                      t.handshake_timeout, fname)
+end
+
+-- A server session on c (context ctx) and its handshake
+local function server_tls(c, ctx, timeout, fname)
+  local ok, e, code = tls_attach(c[UD], ctx, true)
+  if not ok then return nil, e, code end
+  c[TLS] = ctx
+  return handshake(c, timeout, fname)
+end
+
+-- starttls(opts): TLS from now on over this connection, once what was
+-- written has been sent; {server = true, cert =, key =} for the server's
+-- side. true, or nil, msg, code (then close the connection).
+function methods.starttls(c, opts)
+  check_conn(c, "starttls", true)
+  if c[TLS] then error("attempt to start TLS twice on a connection", 2) end
+  if c[SHUT] then error("attempt to start TLS after shutdown", 2) end
+  local server = type(opts) == "table" and opts.server == true
+  local t = check_tls(opts == nil and true or opts, 1, "starttls", server, true)
+  if not server and t.verify and not t.servername and not c[HOST] then
+    argerror(1, "starttls", "option 'servername' is required to verify the server of a connection not made by net.connect{host=}")
+  end
+  -- the context first: the session must start right after the flush, with
+  -- no wait in between for another task to write in the clear
+  local ctx, e, code = context(t)
+  if not ctx then return nil, e, code end
+  if c[CLOSED] then return nil, "closed", "ECANCELED" end
+  local ok
+  ok, e, code = methods.flush(c)
+  if not ok then return nil, e, code end
+  if server then return server_tls(c, ctx, t.handshake_timeout, "starttls") end
+  return client_tls(c, t, ctx, c[HOST], nil, "starttls")
+end
+
+-- tls_info() -> {version=, cipher=, alpn=, servername=, peer_subject=,
+-- peer_issuer=, verified=, verify_result=, established=}, or nil (plain)
+function methods.tls_info(c)
+  check_conn(c, "tls_info", true)
+  return tls_info(c[UD])
+end
+
 -- connect ----------------------------------------------------------------------
 
 -- One address: a connection, or nil, msg, code (shown: where, in messages)
@@ -515,9 +690,32 @@ local CONNECT_OPTS = {host = "any", port = "any", path = "any", timeout = "any",
                       write_high = "number", write_low = "number",
                       max_line = "number"}
 
--- net.connect{host=, port=, path=, timeout=, nodelay=, limits...} -> conn
+-- The connection of net.connect, before any TLS
+local function connect_plain(family, where, port, nodelay, lim, timeout, deadline)
+  if family then
+    return connect_to(family, where, port, nodelay, lim, timeout,
+                      endpoint(family, where, port))
+  end
+  -- a host name: its addresses in order, until one connects
+  local addrs, e, code = lookup(where, deadline)
+  if not addrs then return nil, e, code end
+  local shown = ("%s:%s"):format(where, port)
+  for i = 1, #addrs do
+    local c
+    c, e, code = connect_to(addrs[i][2], addrs[i][1], port, nodelay, lim,
+                            deadline and remaining(deadline), shown)
+    if c or code == "ETIMEDOUT" or code == "ECANCELED" then return c, e, code end
+  end
+  return nil, e, code
+end
+
+-- net.connect{host=, port=, path=, timeout=, nodelay=, tls=, limits...}
+-- -> conn
 function net.connect(opts)
   check_options(opts, 1, "connect", CONNECT_OPTS)
+  local tls = opts.tls
+  if tls ~= nil and tls ~= false then tls = check_tls(tls, 1, "connect")
+  else tls = nil end
   local family, where, port
   if opts.path ~= nil then
     if opts.host ~= nil or opts.port ~= nil then
@@ -534,23 +732,31 @@ function net.connect(opts)
   end
   local timeout = check_seconds(opts.timeout, 1, "connect")
   local lim = check_limits(opts, DEFAULT_LIMITS, 1, "connect")
-  local nodelay = opts.nodelay ~= false
-  if family then
-    return connect_to(family, where, port, nodelay, lim, timeout,
-                      endpoint(family, where, port))
+  local host = opts.path == nil and (opts.host == nil and "127.0.0.1" or opts.host) or nil
+  if tls and tls.verify and not tls.servername and not host then
+    argerror(1, "connect", "TLS option 'servername' is required to verify a server at a path")
   end
-  -- a host name: its addresses in order, until one connects
   local deadline = timeout and hrtime() + timeout
-  local addrs, e, code = lookup(where, deadline)
-  if not addrs then return nil, e, code end
-  local shown = ("%s:%s"):format(where, port)
-  for i = 1, #addrs do
-    local c
-    c, e, code = connect_to(addrs[i][2], addrs[i][1], port, nodelay, lim,
-                            deadline and remaining(deadline), shown)
-    if c or code == "ETIMEDOUT" or code == "ECANCELED" then return c, e, code end
+  local ctx, e, code
+  if tls then -- (a file that cannot be read fails before connecting)
+    ctx, e, code = context(tls)
+    if not ctx then return nil, e, code end
   end
-  return nil, e, code
+  local c
+  c, e, code = connect_plain(family, where, port, opts.nodelay ~= false,
+                             lim, deadline and remaining(deadline), deadline)
+  if not c then return nil, e, code end
+  c[HOST] = host or false
+  if tls then
+    local ok
+    ok, e, code = client_tls(c, tls, ctx, host, deadline and remaining(deadline),
+                             "connect")
+    if not ok then
+      c:close()
+      return nil, e, code
+    end
+  end
+  return c
 end
 
 -- servers ------------------------------------------------------------------------
@@ -581,8 +787,10 @@ local function ref_methods(methods, check, set_ref)
   end
 end
 Server.__index = Server
--- slots: 1 the userdata, 2 closed, 3 handler, 4 waiter, 5 queue, 6 limits
-local S_HANDLER, S_W, S_Q, S_LIM = 3, 4, 5, 6
+-- slots: 1 the userdata, 2 closed, 3 handler, 4 waiter, 5 queue, 6 limits,
+-- 7 the TLS context (false: plain), 8 the handshake timeout, 9 the
+-- handler's TLS front (a handshake, then the handler)
+local S_HANDLER, S_W, S_Q, S_LIM, S_CTX, S_HTO, S_RUN = 3, 4, 5, 6, 7, 8, 9
 
 local function check_server(sv, fname, open)
   if getmetatable(sv) ~= Server then
@@ -598,7 +806,21 @@ end
 -- parked handler's coroutine stays small)
 local function on_accept(sv, ud, address, port, laddr, lport)
   local c = wrap(ud, sv.family, address, port, laddr, lport, sv[S_LIM])
-  on_finish(spawn(sv[S_HANDLER], c), function() c:close() end)
+  on_finish(spawn(sv[S_RUN] or sv[S_HANDLER], c), function() c:close() end)
+end
+
+-- A TLS server's handler task: the handshake with the server's context of
+-- the moment, then the handler (a tail call: no frame of ours under it).
+-- A failed handshake just ends the task, which closes the connection.
+local function tls_front(sv, handler)
+  return function(c)
+    local ok = server_tls(c, sv[S_CTX], sv[S_HTO], "handler")
+    if not ok then
+      sv.tls_errors = sv.tls_errors + 1
+      return
+    end
+    return handler(c)
+  end
 end
 
 local LISTEN_OPTS = {host = "any", port = "any", path = "any", backlog = "any",
@@ -608,9 +830,12 @@ local LISTEN_OPTS = {host = "any", port = "any", path = "any", backlog = "any",
                      max_line = "number"}
 
 -- net.listen{host=, port=, path=, backlog=, reuseport=, handler=,
--- nodelay=, limits...} -> server
+-- nodelay=, tls=, limits...} -> server
 function net.listen(opts)
   check_options(opts, 1, "listen", LISTEN_OPTS)
+  local tls = opts.tls
+  if tls ~= nil and tls ~= false then tls = check_tls(tls, 1, "listen", true)
+  else tls = nil end
   local family, where, port
   if opts.path ~= nil then
     if opts.host ~= nil or opts.port ~= nil then
@@ -625,7 +850,11 @@ function net.listen(opts)
   if backlog == nil then backlog = 511
   else check_count(backlog, 1, "listen", "option 'backlog'", 1) end
   local lim = check_limits(opts, DEFAULT_LIMITS, 1, "listen")
-  local ud, e, code
+  local ud, e, code, ctx
+  if tls then -- (the files first: a bad certificate binds nothing)
+    ctx, e, code = context(tls, true)
+    if not ctx then return nil, e, code end
+  end
   if family then
     ud, e, code = C.listen(family, where, port, backlog, opts.reuseport,
                            opts.nodelay ~= false, lim[1], lim[2], lim[3], lim[4])
@@ -644,7 +873,12 @@ function net.listen(opts)
   end
   local sv = setmetatable({ud, false, opts.handler or false, false, false,
                            lim ~= DEFAULT_LIMITS and lim or false,
-                           family = family}, Server)
+                           ctx or false, tls and tls.handshake_timeout or false,
+                           false, family = family}, Server)
+  if ctx then
+    sv.tls_errors = 0
+    if opts.handler then sv[S_RUN] = tls_front(sv, opts.handler) end
+  end
   if family == "unix" then
     sv.path = where
   else
@@ -654,13 +888,8 @@ function net.listen(opts)
   return sv
 end
 
--- accept([timeout]) -> conn, without a handler
-function Server.accept(sv, timeout)
-  check_server(sv, "accept", true)
-  if sv[S_HANDLER] then
-    error("this server has a handler: it accepts connections itself", 2)
-  end
-  timeout = check_seconds(timeout, 1, "accept")
+-- The next connection (timeout: seconds or false)
+local function accept_plain(sv, timeout)
   local ud, a, p, la, lp = C_accept(sv[UD])
   local deadline, busy = timeout and hrtime() + timeout, a
   while ud == false do
@@ -684,6 +913,47 @@ function Server.accept(sv, timeout)
   end
   if ud == nil then return nil, a, p end
   return wrap(ud, sv.family, a, p, la, lp, sv[S_LIM])
+end
+
+-- accept([timeout]) -> conn, without a handler; on a TLS server, once its
+-- handshake is done (a connection whose handshake fails is closed, and
+-- the next one taken, within the timeout)
+function Server.accept(sv, timeout)
+  check_server(sv, "accept", true)
+  if sv[S_HANDLER] then
+    error("this server has a handler: it accepts connections itself", 2)
+  end
+  timeout = check_seconds(timeout, 1, "accept")
+  if not sv[S_CTX] then return accept_plain(sv, timeout) end
+  local deadline = timeout and hrtime() + timeout
+  while true do
+    local c, e, code = accept_plain(sv, remaining(deadline))
+    if not c then return nil, e, code end
+    local hto = sv[S_HTO]
+    if deadline then hto = min(hto, remaining(deadline)) end
+    local ok
+    ok, e, code = server_tls(c, sv[S_CTX], hto, "accept")
+    if ok then return c end
+    c:close()
+    sv.tls_errors = sv.tls_errors + 1
+    if sv[CLOSED] then return nil, "closed", "ECANCELED" end
+    if deadline and remaining(deadline) <= 0 then
+      return nil, "timed out", "ETIMEDOUT"
+    end
+  end
+end
+
+-- set_tls(tls) -> true | nil, msg, code: new certificate, key or ALPN
+-- list (the files are read again) for the connections accepted from now
+-- on; those already made keep theirs
+function Server.set_tls(sv, opts)
+  check_server(sv, "set_tls", true)
+  if not sv[S_CTX] then error("this server does not run TLS", 2) end
+  local t = check_tls(opts, 1, "set_tls", true)
+  local ctx, e, code = context(t, true)
+  if not ctx then return nil, e, code end
+  sv[S_CTX], sv[S_HTO] = ctx, t.handshake_timeout
+  return true
 end
 
 -- close([fn]): stops accepting (connections already accepted go on);
