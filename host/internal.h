@@ -5,6 +5,7 @@
 #define TIDE_INTERNAL_H
 
 #include <stddef.h>
+#include <signal.h>
 #include <stdint.h>
 
 #include "tide.h"
@@ -105,6 +106,10 @@ struct tide_host {
   int64_t idle_ns;   /* time spent waiting in poll */
   int64_t poll_woke; /* when poll's first callback ran, or 0 */
   int64_t poll_end;  /* when poll returned, or 0 when it was skipped */
+  /* Events always added that need no poll unless tide__poll_wanted says
+   * so (the default signal handlers' wake-up): the poll phase still skips
+   * its system call when nothing else is added. */
+  int quiet_events;
   int64_t lag_ns;  /* how late the last timer that fired was */
   int64_t lag_max_ns;
   int threads;     /* the pool's size */
@@ -171,6 +176,10 @@ void tide__pool_stats(tide_host *h, int *threads, size_t *queued,
                       int *running);
 void tide__pool_shutdown(tide_host *h);
 void tide__pool_flush(tide_host *h);
+
+/* loop.c: set (from a signal handler) when a quiet event has something
+ * to deliver; the poll phase then polls. */
+extern volatile sig_atomic_t tide__poll_wanted;
 
 /* request.c */
 void tide__open_requests(lua_State *L);

@@ -166,6 +166,8 @@ static int64_t poll_timeout(tide_host *h, tide_run_mode mode) {
   return next->deadline > now ? next->deadline - now : 0;
 }
 
+volatile sig_atomic_t tide__poll_wanted;
+
 static void poll_timer_cb(evutil_socket_t fd, short what, void *arg) {
   (void)fd, (void)what, (void)arg; /* only ends the wait */
 }
@@ -179,8 +181,9 @@ static void run_poll(tide_host *h, tide_run_mode mode) {
   h->phase = TIDE_PHASE_POLL;
   tide__pool_flush(h); /* jobs submitted since: queued before we wait */
   h->poll_end = 0;
-  if (timeout == 0 &&
-      event_base_get_num_events(h->base, EVENT_BASE_COUNT_ADDED) == 0)
+  if (timeout == 0 && !tide__poll_wanted &&
+      event_base_get_num_events(h->base, EVENT_BASE_COUNT_ADDED) ==
+          h->quiet_events)
     return;
   t0 = tide__hrtime();
   h->poll_woke = 0;

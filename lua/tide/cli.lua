@@ -60,6 +60,10 @@ local function repl()
 end
 
 return function(plan)
+  -- SIGINT and SIGTERM without a watcher end the command with status
+  -- 130 / 143 after its close callbacks (modules/signal.c); a program
+  -- that embeds tide keeps its own signal dispositions
+  require("tide.signal.c").defaults()
   return function()
     local actions = plan.actions
     for i = 1, #actions, 2 do

@@ -44,6 +44,7 @@ local PARK = {}   -- yielded by a task that waits
 local DONE = {}   -- yielded by a runner whose job ended
 local DRAIN = {}  -- yielded by a batch between callbacks: drain, come back
 local CANCEL = {} -- wake value: raise the task's cancellation at its wait
+local RESULTS = {} -- wake value: the wait's results are in the next value
 
 local Task = {}
 Task.__index = Task
@@ -131,11 +132,14 @@ local function failure(co, e)
   return i and tb:sub(1, i - 1) or tb
 end
 
--- A runner runs job(arg) after job(arg) (arg nil: job()).
+-- A runner runs job(arg) after job(arg) (arg nil: job()). The job is
+-- called in the lowest register it can be (ended, job, arg): every slot
+-- under it is under a parked task too.
+local function ended(...) return finish(cur_co, true, ...) end
 local function runner_body(job, arg)
   while true do
-    if arg == nil then finish(cur_co, true, job())
-    else finish(cur_co, true, job(arg)) end
+    if arg == nil then ended(job())
+    else ended(job(arg)) end
     job, arg = yield(DONE)
   end
 end
@@ -158,10 +162,17 @@ local function take_runner()
 end
 
 -- Resumes runner co, which is then the current one.
+local slice_hook = nil -- tide._slice_hook (tide.plugin's budgets)
 local function run_in(co, a, b, c)
   local prev = cur_co
   cur_co = co
-  local ok, r = resume(co, a, b, c)
+  local ok, r
+  if slice_hook and slice_hook(co) then -- (true: a run to close after)
+    ok, r = resume(co, a, b, c)
+    slice_hook(false)
+  else
+    ok, r = resume(co, a, b, c)
+  end
   cur_co = prev
   return ok, r
 end
@@ -347,6 +358,7 @@ local function park(q, timeout, fname, sending)
   local a, b, c = yield(PARK)
   if a == CANCEL then raise_cancel(t) end
   if b == nil then return a end
+  if a == RESULTS then return unpack(b, 1, b.n) end -- (tide._complete)
   return a, b, c
 end
 
@@ -1033,7 +1045,6 @@ function Immediate:unref() check_imm(self, "unref"); return imm_ref(self, false)
 -- A request is a pool job the calling task waits on; the task holds it as
 -- its wait's clean-up, so a timeout or cancel closes it.
 
-local RESULTS = {}
 local req_task = setmetatable({}, {__mode = "k"}) -- request -> waiting task
 
 -- (the loop thread, when the job is done) wakes the waiting task
@@ -1042,7 +1053,11 @@ local function complete(req, ...)
   if not t then return end
   req_task[req] = nil
   if t.state == "waiting" and t.wq == req then
-    wake(t, RESULTS, {n = select("#", ...), ...})
+    -- one to three results go straight to the task, more (or none) in
+    -- a table
+    local n = select("#", ...)
+    if n > 0 and n < 4 then wake(t, ...)
+    else wake(t, RESULTS, {n = n, ...}) end
   end
 end
 
@@ -1060,9 +1075,7 @@ local function await(req, timeout, fname)
   end
   req_task[req] = t
   t.wq = req
-  local a, b, c = park(nil, timeout, fname)
-  if a == RESULTS then return unpack(b, 1, b.n) end
-  return a, b, c
+  return park(nil, timeout, fname) -- (a tail call: no frame of ours stays)
 end
 -- For C modules' own waits (a socket's readiness, say): the task waits on
 -- an object with a close() method (called when the wait times out or the
@@ -1073,6 +1086,22 @@ tide._complete = complete
 -- its error is reported; for modules, such as a server closing the
 -- connection of a handler task.
 function tide._on_finish(t, fn) t.on_finish = fn end
+-- whether e is a cancellation (tide.plugin keeps them from plugins' pcall)
+function tide._is_cancel(e) return getmetatable(e) == Cancelled end
+-- f(co) before each resume of a task or runner and, when it returned
+-- true, f(false) after it (for tide.plugin's CPU budgets); nil removes it
+function tide._slice_hook(f) slice_hook = f end
+-- tide_call (host/host.c): fn(...) as a task, run at once when called
+-- from the loop (in a runner, as callbacks are: no task object unless it
+-- waits); from inside Lua it waits in the ready queue, which is drained
+-- before the running callback returns to the loop
+function tide._call(fn, ...)
+  if cur_co or draining then
+    spawn(fn, ...)
+  else
+    run_task(fn, ...)
+  end
+end
 
 -- the function tide_push_blocking gives C modules
 -- (the start function is called through a local of the call's name, so
@@ -1478,6 +1507,14 @@ function Cond:broadcast()
     n = n + 1
   end
 end
+
+-- tide.stdin, tide.stdout, tide.stderr: streams made on first use
+-- (lua/tide/stdio.lua), so that a script that never uses them pays nothing
+setmetatable(tide, {__index = function(_, k)
+  if k == "stdin" or k == "stdout" or k == "stderr" then
+    return require("tide.stdio")[k]
+  end
+end})
 
 return tide
 end
