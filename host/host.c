@@ -9,6 +9,10 @@
 #include <string.h>
 #include <time.h>
 
+#include <errno.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
+
 #include <event2/event.h>
 #include <event2/thread.h>
 #include <lualib.h>
@@ -46,6 +50,7 @@ void tide__exit(tide_host *h, int code) {
 
 void tide__call(tide_host *h, int fn_ref, int nargs) {
   lua_State *L = h->L;
+  if (h->sandbox) tide__sandbox_boundary(h);
   if (h->phase == TIDE_PHASE_POLL) { /* other phases count in their loop */
     if (!h->poll_woke) h->poll_woke = tide__hrtime();
     h->phase_calls[TIDE_PHASE_POLL]++;
@@ -127,7 +132,27 @@ static int load_embedded(lua_State *L) {
   return 1;
 }
 
-static void set_paths(lua_State *L, const char *dir) {
+/* Puts prefix (ending in ';') in front of package[field]. */
+static void prepend_path(lua_State *L, const char *field, const char *prefix) {
+  lua_getglobal(L, "package");
+  lua_getfield(L, -1, field);
+  lua_pushfstring(L, "%s%s", prefix, lua_tostring(L, -1));
+  lua_setfield(L, -3, field);
+  lua_pop(L, 2);
+}
+
+static void set_paths(lua_State *L, const tide_options *o) {
+  const char *dir = o->script_dir;
+  if (o->cpath) {
+    lua_pushfstring(L, "%s;", o->cpath);
+    prepend_path(L, "cpath", lua_tostring(L, -1));
+    lua_pop(L, 1);
+  }
+  if (o->path) {
+    lua_pushfstring(L, "%s;", o->path);
+    prepend_path(L, "path", lua_tostring(L, -1));
+    lua_pop(L, 1);
+  }
   if (!dir) return;
   lua_getglobal(L, "package");
   lua_getfield(L, -1, "path");
@@ -159,7 +184,7 @@ static int open_host(lua_State *L) {
   lua_pushlightuserdata(L, &host_key);
   lua_pushlightuserdata(L, h);
   lua_rawset(L, LUA_REGISTRYINDEX);
-  set_paths(L, h->opts.script_dir);
+  set_paths(L, &h->opts);
   lua_newtable(L);
   h->ref_anchors = luaL_ref(L, LUA_REGISTRYINDEX);
 
@@ -192,6 +217,24 @@ static int open_host(lua_State *L) {
 }
 
 static void use_threads(void) { evthread_use_pthreads(); }
+
+/* The Lua state's allocator: LuaJIT's own (fast, and in the address range
+ * the VM needs), wrapped to count the bytes in use and refuse growth past
+ * the limit. LuaJIT turns a refused allocation into the error "not enough
+ * memory"; shrinking and freeing always pass. */
+static void *limited_alloc(void *ud, void *ptr, size_t osize, size_t nsize) {
+  tide_host *h = ud;
+  void *p;
+  if (ptr == NULL) osize = 0;
+  if (nsize > osize && h->mem_limit &&
+      h->mem_used + (nsize - osize) > h->mem_limit)
+    return NULL;
+  p = h->alloc_f(h->alloc_ud, ptr, osize, nsize);
+  if (p != NULL || nsize == 0) h->mem_used = h->mem_used - osize + nsize;
+  return p;
+}
+
+static int post_init(tide_host *h);
 
 tide_host *tide_host_new(const tide_options *opts, char *err, size_t errlen) {
   static pthread_once_t once = PTHREAD_ONCE_INIT;
@@ -234,6 +277,13 @@ tide_host *tide_host_new(const tide_options *opts, char *err, size_t errlen) {
   if (!h->base) why = "could not create the event base";
   if (!why && !(h->L = luaL_newstate())) why = "not enough memory";
   if (!why) {
+    h->alloc_f = lua_getallocf(h->L, &h->alloc_ud);
+    h->mem_used = (size_t)lua_gc(h->L, LUA_GCCOUNT, 0) * 1024 +
+                  (size_t)lua_gc(h->L, LUA_GCCOUNTB, 0);
+    lua_setallocf(h->L, limited_alloc, h);
+  }
+  if (!why && post_init(h) != 0) why = "could not create the post queue";
+  if (!why) {
     lua_pushcfunction(h->L, open_host);
     lua_pushlightuserdata(h->L, h);
     if (lua_pcall(h->L, 1, 0, 0) != 0) why = lua_tostring(h->L, -1);
@@ -243,7 +293,298 @@ tide_host *tide_host_new(const tide_options *opts, char *err, size_t errlen) {
     tide_host_free(h);
     return NULL;
   }
+  /* the limit applies from here: the libraries are loaded */
+  h->mem_limit = h->opts.memory_limit;
   return h;
+}
+
+size_t tide_memory_used(const tide_host *h) { return h->mem_used; }
+
+void tide_set_memory_limit(tide_host *h, size_t bytes) {
+  h->mem_limit = bytes;
+}
+
+void tide_ref(tide_host *h) { h->refs++; }
+void tide_unref(tide_host *h) {
+  if (h->refs > 0) h->refs--;
+}
+
+/* host.c's own state beside the host struct: tide_post's queue (below),
+ * and tide_call's calls in flight. */
+typedef struct post_item {
+  struct post_item *next;
+  tide_post_fn fn;
+  void *arg;
+} post_item;
+
+struct tide__posts {
+  struct call_rec *calls; /* tide_call's calls in flight (loop thread) */
+  pthread_mutex_t lock;
+  post_item *head, *tail; /* (lock) */
+  int wake_pending;       /* the eventfd was written (lock) */
+  int added;              /* the event is in the base (lock) */
+  int closed;             /* the host is being freed (lock) */
+  int fd;
+  struct event *ev;
+};
+
+/* --- tide_call: a Lua function as a task, its end to a C callback --------
+ * start(rec, fn, ...) hands run(rec, fn, ...) to core.lua's tide._call,
+ * which runs it as a task; run calls fn under xpcall and gives what it
+ * returned (or its error) to deliver(rec, ...), which calls the callback.
+ * rec is a C record on the host's list of calls in flight: those whose
+ * task never ends get their callback at tide_host_free, so it runs
+ * exactly once. */
+
+typedef struct call_rec {
+  struct call_rec *next, *prev;
+  tide_result_fn cb;
+  void *ud;
+  tide_host *h;
+} call_rec;
+
+static const char tramp_code[] =
+    "local xpcall, deliver, traceback, type, call = ...\n"
+    "local function handler(e)\n"
+    "  if type(e) == 'string' then return traceback(e, 2) end\n"
+    "  return e\n"
+    "end\n"
+    "local function run(rec, fn, ...)\n"
+    "  return deliver(rec, xpcall(fn, handler, ...))\n"
+    "end\n"
+    "return function(rec, fn, ...) return call(run, rec, fn, ...) end\n";
+
+/* The task a result callback runs in: tide_call from the callback pushes
+ * there (one host per thread, so one such state per thread). */
+static __thread lua_State *callback_L;
+static __thread tide_host *callback_h;
+
+static void call_unlink(tide_host *h, call_rec *r) {
+  if (r->prev)
+    r->prev->next = r->next;
+  else
+    h->posts->calls = r->next;
+  if (r->next) r->next->prev = r->prev;
+}
+
+/* the callback, with the values on top of L; then r is freed */
+static void run_callback(call_rec *r, lua_State *L, int status, int n) {
+  lua_State *prev = callback_L;
+  tide_host *prev_h = callback_h;
+  call_unlink(r->h, r);
+  callback_L = L;
+  callback_h = r->h;
+  r->cb(r->h, L, status, n, r->ud);
+  callback_L = prev;
+  callback_h = prev_h;
+  free(r);
+}
+
+/* deliver(rec, ok, ...): the C callback gets the results, or the error
+ * as a string */
+static int l_call_deliver(lua_State *L) {
+  call_rec *r = lua_touserdata(L, 1);
+  int n = lua_gettop(L) - 2;
+  if (lua_toboolean(L, 2)) {
+    run_callback(r, L, TIDE_OK, n);
+    return 0;
+  }
+  lua_settop(L, 3);
+  if (!lua_isstring(L, 3)) {
+    lua_pushfstring(L, "(error object is a %s value)", luaL_typename(L, 3));
+    lua_replace(L, 3);
+  }
+  run_callback(r, L, TIDE_ERROR, 1);
+  return 0;
+}
+
+/* tide_host_free: the calls whose task never ended */
+static void calls_abandon(tide_host *h) {
+  while (h->posts && h->posts->calls) {
+    lua_pushliteral(h->L, "the call did not finish: the host was freed");
+    run_callback(h->posts->calls, h->L, TIDE_ERROR, 1);
+    lua_pop(h->L, 1);
+  }
+}
+
+/* pushes h's start function, made on first use */
+static int push_start(tide_host *h, lua_State *L) {
+  if (h->ref_call > 0) {
+    lua_rawgeti(L, LUA_REGISTRYINDEX, h->ref_call);
+    return 0;
+  }
+  if (luaL_loadbuffer(L, tramp_code, sizeof tramp_code - 1, "=tide_call") != 0)
+    return -1;
+  lua_getglobal(L, "xpcall");
+  lua_pushcfunction(L, l_call_deliver);
+  lua_getglobal(L, "debug");
+  lua_getfield(L, -1, "traceback");
+  lua_remove(L, -2);
+  lua_getglobal(L, "type");
+  lua_getglobal(L, "require");
+  lua_pushliteral(L, "tide");
+  if (lua_pcall(L, 1, 1, 0) != 0) return -1;
+  lua_getfield(L, -1, "_call");
+  lua_remove(L, -2);
+  if (lua_pcall(L, 5, 1, 0) != 0) return -1;
+  lua_pushvalue(L, -1);
+  h->ref_call = luaL_ref(L, LUA_REGISTRYINDEX);
+  return 0;
+}
+
+int tide_call(tide_host *h, int nargs, tide_result_fn cb, void *ud) {
+  int inside = callback_L && callback_h == h;
+  lua_State *L = inside ? callback_L : h->L;
+  int fn = lua_gettop(L) - nargs, top = fn - 1;
+  call_rec *r;
+  if (fn < 1 || !cb) {
+    lua_settop(L, top > 0 ? top : 0);
+    lua_pushstring(L, "tide_call: no function on the stack, or no callback");
+    return -1;
+  }
+  if (h->freeing) {
+    lua_settop(L, top);
+    lua_pushliteral(L, "tide_call: the host is being freed");
+    return -1;
+  }
+  if (!lua_isfunction(L, fn) &&
+      !(luaL_getmetafield(L, fn, "__call") && (lua_pop(L, 1), 1))) {
+    lua_pushfstring(L, "tide_call: attempt to call a %s value",
+                    luaL_typename(L, fn));
+    lua_replace(L, top + 1);
+    lua_settop(L, top + 1);
+    return -1;
+  }
+  if (push_start(h, L) != 0) { /* its message is on top */
+    lua_replace(L, top + 1);
+    lua_settop(L, top + 1);
+    return -1;
+  }
+  if (!(r = malloc(sizeof *r))) {
+    lua_settop(L, top);
+    lua_pushliteral(L, "not enough memory");
+    return -1;
+  }
+  r->cb = cb;
+  r->ud = ud;
+  r->h = h;
+  r->prev = NULL;
+  r->next = h->posts->calls;
+  if (r->next) r->next->prev = r;
+  h->posts->calls = r;
+  lua_insert(L, fn); /* start, rec under fn and its arguments */
+  lua_pushlightuserdata(L, r);
+  lua_insert(L, fn + 1);
+  if (h->sandbox && !inside) tide__sandbox_boundary(h);
+  if (lua_pcall(L, nargs + 2, 0, 0) != 0) {
+    /* the scheduler itself failed (memory), as tide__call reports it; the
+     * callback still comes, at the latest at tide_host_free */
+    fprintf(stderr, "tide: %s\n", lua_tostring(L, -1));
+    lua_settop(L, top);
+  }
+  return 0;
+}
+
+/* --- tide_post: work from other threads, run on the loop thread ----------
+ * A locked FIFO and one eventfd; the first post after the loop drained the
+ * queue writes it, so a burst of posts costs one wake-up. The read event is
+ * added on the first post (libevent's calls are thread-safe once
+ * evthread_use_pthreads has run), so a host that never posts keeps an
+ * empty event base. */
+
+static void run_posts(tide_host *h) {
+  struct tide__posts *q = h->posts;
+  post_item *list;
+  pthread_mutex_lock(&q->lock);
+  list = q->head;
+  q->head = q->tail = NULL;
+  q->wake_pending = 0;
+  pthread_mutex_unlock(&q->lock);
+  while (list) {
+    post_item *it = list;
+    list = it->next;
+    it->fn(h, it->arg);
+    free(it);
+  }
+}
+
+static void on_post(evutil_socket_t fd, short what, void *arg) {
+  tide_host *h = arg;
+  uint64_t n;
+  (void)what;
+  while (read(fd, &n, sizeof n) < 0 && errno == EINTR) {}
+  if (h->phase == TIDE_PHASE_POLL && !h->poll_woke)
+    h->poll_woke = tide__hrtime();
+  run_posts(h);
+}
+
+static int post_init(tide_host *h) {
+  struct tide__posts *q = calloc(1, sizeof *q);
+  if (!q) return -1;
+  q->fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+  if (q->fd < 0 || pthread_mutex_init(&q->lock, NULL) != 0 ||
+      !(q->ev = event_new(h->base, q->fd, EV_READ | EV_PERSIST, on_post, h))) {
+    if (q->fd >= 0) close(q->fd);
+    free(q);
+    return -1;
+  }
+  h->posts = q;
+  return 0;
+}
+
+int tide_post(tide_host *h, tide_post_fn fn, void *arg) {
+  struct tide__posts *q = h->posts;
+  post_item *it = malloc(sizeof *it);
+  int wake, add;
+  if (!it || !fn) {
+    free(it);
+    return -1;
+  }
+  it->next = NULL;
+  it->fn = fn;
+  it->arg = arg;
+  pthread_mutex_lock(&q->lock);
+  if (q->closed) {
+    pthread_mutex_unlock(&q->lock);
+    free(it);
+    return -1;
+  }
+  if (q->tail)
+    q->tail->next = it;
+  else
+    q->head = it;
+  q->tail = it;
+  wake = !q->wake_pending;
+  q->wake_pending = 1;
+  add = !q->added;
+  q->added = 1;
+  if (add) event_add(q->ev, NULL); /* under the lock: before any wake-up */
+  pthread_mutex_unlock(&q->lock);
+  if (wake) {
+    uint64_t one = 1;
+    while (write(q->fd, &one, sizeof one) < 0 && errno == EINTR) {}
+  }
+  return 0;
+}
+
+/* At free: no more posts; those queued run now, while the state lives. */
+static void posts_close(tide_host *h) {
+  struct tide__posts *q = h->posts;
+  if (!q) return;
+  pthread_mutex_lock(&q->lock);
+  q->closed = 1;
+  pthread_mutex_unlock(&q->lock);
+  if (h->L) run_posts(h);
+}
+
+static void posts_free(tide_host *h) {
+  struct tide__posts *q = h->posts;
+  if (!q) return;
+  event_free(q->ev);
+  close(q->fd);
+  pthread_mutex_destroy(&q->lock);
+  free(q);
+  h->posts = NULL;
 }
 
 void tide_register(tide_host *h, const char *name, lua_CFunction fn) {
@@ -288,21 +629,25 @@ int tide_run_string(tide_host *h, const char *code, const char *name) {
 
 void tide_host_free(tide_host *h) {
   if (!h) return;
+  posts_close(h);
   if (h->L) {
     /* Nothing fires any more; close callbacks (also those of handles the
      * GC closes now) run before the state goes. */
     int exiting = h->exiting, code = h->exit_code;
     h->freeing = 1;
+    h->mem_limit = 0; /* clean-up must not fail for memory */
     tide__pool_shutdown(h); /* no completion may run after the host */
     tide__loop_shutdown(h);
     lua_gc(h->L, LUA_GCCOLLECT, 0);
     tide__loop_shutdown(h);
     h->exiting = exiting;
     h->exit_code = code;
+    calls_abandon(h); /* no task runs any more */
     lua_close(h->L);
   }
   tide__timers_free(&h->timers);
   tide__lt_free_all(h);
+  posts_free(h);
   if (h->poll_timer) event_free(h->poll_timer);
   if (h->base) event_base_free(h->base);
   free(h->free_slots);

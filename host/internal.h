@@ -120,7 +120,22 @@ struct tide_host {
   int ref_stop;     /* core.lua's stop_batches() (see tide_stop) */
 
   tide_options opts;
+
+  /* host.c: the Lua state's allocator (LuaJIT's own, wrapped to count
+   * and limit), tide_post's queue, tide_call's trampoline */
+  lua_Alloc alloc_f;
+  void *alloc_ud;
+  size_t mem_used, mem_limit;
+  struct tide__posts *posts;
+  int ref_call;
+  /* modules/plugin.c: the sandbox's budgets (NULL until a plugin loads);
+   * tide__call marks each entry from the loop into Lua for it */
+  struct tide__sandbox *sandbox;
 };
+
+/* modules/plugin.c: a new run of Lua code begins (no plugin code has run
+ * since the last one) */
+void tide__sandbox_boundary(tide_host *h);
 
 /* clock */
 int64_t tide__hrtime(void);

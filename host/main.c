@@ -26,8 +26,22 @@ static const char usage[] =
     "  -v           Show version information.\n"
     "  -h, --help   Show this help.\n"
     "  --threads N  Worker pool size (default: TIDE_THREADPOOL_SIZE or 4).\n"
+    "  --memory-limit N[K|M|G]  Most bytes the Lua state may hold.\n"
     "  --           Stop handling options.\n"
     "  -            Execute stdin and stop handling options.\n";
+
+/* "512M" -> bytes; 0 when it is not a size */
+static size_t parse_size(const char *v) {
+  char *end;
+  double n = strtod(v, &end);
+  double unit = 1;
+  if (end == v || n <= 0) return 0;
+  if (*end == 'K' || *end == 'k') unit = 1024.0, end++;
+  else if (*end == 'M' || *end == 'm') unit = 1024.0 * 1024, end++;
+  else if (*end == 'G' || *end == 'g') unit = 1024.0 * 1024 * 1024, end++;
+  if (*end != '\0' || n * unit < 1024 * 1024 || n * unit > 1e15) return 0;
+  return (size_t)(n * unit);
+}
 
 static int fail(const char *msg, const char *what) {
   fprintf(stderr, "tide: %s%s%s\n%s", msg, what ? " " : "", what ? what : "",
@@ -81,6 +95,13 @@ int main(int argc, char **argv) {
       if (*v == '\0' || *end != '\0' || n < 1 || n > 1024)
         return fail("--threads wants a number from 1 to 1024, got", v);
       o.threads = (int)n;
+    } else if (strcmp(a, "--memory-limit") == 0 ||
+               strncmp(a, "--memory-limit=", 15) == 0) {
+      const char *v = a[14] == '=' ? a + 15 : (++i < argc ? argv[i] : NULL);
+      if (!v) return fail("option needs an argument:", a);
+      o.memory_limit = parse_size(v);
+      if (!o.memory_limit)
+        return fail("--memory-limit wants a size of at least 1M (such as 512M), got", v);
     } else {
       return fail("unrecognized option", a);
     }
@@ -126,7 +147,8 @@ int main(int argc, char **argv) {
       lua_rawseti(L, -2, ++nactions);
       lua_pushstring(L, a[2] ? a + 2 : argv[++i]);
       lua_rawseti(L, -2, ++nactions);
-    } else if (strcmp(a, "--threads") == 0) {
+    } else if (strcmp(a, "--threads") == 0 ||
+               strcmp(a, "--memory-limit") == 0) {
       i++;
     }
   }

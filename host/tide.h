@@ -2,13 +2,20 @@
  * tide.h - the public C API of libtide.
  *
  * A tide_host owns one lua_State, one libevent event_base, one timer
- * structure and (later) one worker pool. It runs Lua scripts as tasks on a
+ * structure and one worker pool. It runs Lua scripts as tasks on a
  * loop arranged in Node.js's phases: timers, pending, poll, check, close.
  *
- * Threading: a host belongs to the thread that created it. Every function
- * here must be called from that thread, and never from inside a Lua call
- * that the host is running unless its comment says so. Several hosts may
- * run in one process, one per thread.
+ * Threading: a host belongs to the thread that created it (its "loop
+ * thread"). Every function here must be called from that thread, and never
+ * from inside a Lua call that the host is running unless its comment says
+ * so. Several hosts may run in one process, one per thread. The exceptions:
+ *   - tide_post may be called from any thread, at any time between
+ *     tide_host_new and tide_host_free (the caller makes sure no thread
+ *     posts once tide_host_free has begun);
+ *   - a pool job's work function runs on a pool thread and may call
+ *     nothing here.
+ * Everything else (tide_stop included) is for the loop thread; another
+ * thread stops the loop with tide_post(h, fn) where fn calls tide_stop.
  */
 #ifndef TIDE_H
 #define TIDE_H
@@ -35,6 +42,12 @@ typedef struct tide_options {
   int script_index;        /* index in argv of the script (arg[0]); others
                               before it become negative indices, as in lua */
   int no_globals;          /* do not set the globals `tide` and `arg` */
+  size_t memory_limit;     /* bytes the Lua state may hold; 0 = no limit.
+                              Past it, allocations fail and Lua raises "not
+                              enough memory" (see tide_set_memory_limit) */
+  const char *path;        /* put in front of package.path (";"-separated
+                              templates such as "/opt/app/lua/?.lua") */
+  const char *cpath;       /* put in front of package.cpath */
 } tide_options;
 
 /* Run modes for tide_loop_run. */
@@ -60,6 +73,13 @@ struct event_base *tide_event_base(tide_host *h);
 
 /* The host that owns L (any coroutine of it), or NULL. */
 tide_host *tide_from_lua(lua_State *L);
+
+/* Bytes the host's Lua state holds now (what the memory limit counts). */
+size_t tide_memory_used(const tide_host *h);
+
+/* Changes the memory limit (0: none). A limit below what is in use makes
+ * every allocation that grows the state fail until enough is freed. */
+void tide_set_memory_limit(tide_host *h, size_t bytes);
 
 /* Sets the global `name` to a C function. */
 void tide_register(tide_host *h, const char *name, lua_CFunction fn);
@@ -92,12 +112,59 @@ int tide_start(tide_host *h, int is_main);
 int tide_loop_run(tide_host *h, tide_run_mode mode);
 
 /* Makes tide_loop_run return after the callback that is running. Safe to
- * call from a Lua C function the host is running. */
+ * call from a Lua C function the host is running. Loop thread only: from
+ * another thread, tide_post a function that calls it. */
 void tide_stop(tide_host *h);
 
 /* The exit status asked for by tide.exit, or 1 after an error in the main
  * task; -1 while the host is not exiting. */
 int tide_exit_code(const tide_host *h);
+
+/* Keep the loop alive without a handle: tide_ref adds one reference,
+ * tide_unref takes one away (never below zero). A service whose other
+ * threads post work holds one while they run. */
+void tide_ref(tide_host *h);
+void tide_unref(tide_host *h);
+
+/* --- calling Lua from C as a task ---------------------------------------- */
+
+enum { TIDE_OK = 0, TIDE_ERROR = 1 };
+
+/* Receives the end of a tide_call. status TIDE_OK: the function's nresults
+ * results are on top of L; TIDE_ERROR: its error message (a string, with a
+ * traceback) is on top of L, nresults is 1. L is the task's own coroutine:
+ * read the values, do not pop below them (they go when the callback
+ * returns). The callback runs on the loop thread inside the task; it may
+ * call tide_call (the new task starts once this callback's task ends),
+ * tide_stop, tide_post and the pool functions, not tide_loop_run or
+ * tide_host_free. It is called exactly once per started call: a call
+ * whose task never ends (the host is freed while it waits) gets TIDE_ERROR
+ * with "the call did not finish: the host was freed" during
+ * tide_host_free. */
+typedef void (*tide_result_fn)(tide_host *h, lua_State *L, int status,
+                               int nresults, void *ud);
+
+/* Pops a function and its nargs arguments (pushed in that order on
+ * tide_lua(h)) and runs the function as a new task: at once, until its
+ * first wait, when called from outside Lua (your libevent callback, a
+ * posted function, between loop runs); from a result callback or a C
+ * function that Lua calls, once the running task waits or ends.
+ * cb(h, L, status, nresults, ud) runs when the task ends. Returns 0, or -1 with a message on the stack (the value is not
+ * callable, or the host is being freed; cb is then not called). The task
+ * keeps the loop alive only while it waits on something that does. */
+int tide_call(tide_host *h, int nargs, tide_result_fn cb, void *ud);
+
+/* --- work from other threads ---------------------------------------------- */
+
+typedef void (*tide_post_fn)(tide_host *h, void *arg);
+
+/* Thread-safe: queues fn(h, arg) to run on the loop thread, in the poll
+ * phase, in the order posted. Many posts between two polls cost one
+ * wake-up. Posts do not keep the loop alive (use tide_ref); queued ones
+ * run when the loop next polls, and those still queued when the host is
+ * freed run at the start of tide_host_free. Returns 0, or -1 (out of
+ * memory, or the host is being freed: fn will not run). */
+int tide_post(tide_host *h, tide_post_fn fn, void *arg);
 
 /* --- the worker pool ------------------------------------------------------
  *

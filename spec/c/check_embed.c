@@ -13,6 +13,7 @@
 #include <check.h>
 #include <fcntl.h>
 #include <pthread.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -716,11 +717,418 @@ START_TEST(test_many_hosts) {
 }
 END_TEST
 
+/* ---- calling Lua functions as tasks from C (tide_call) ---------------------- */
+
+typedef struct call_result {
+  int called, status, n;
+  char values[4][128];
+  lua_State *L;
+} call_result;
+
+static void on_result(tide_host *h, lua_State *L, int status, int n,
+                      void *ud) {
+  call_result *r = ud;
+  int i, base = lua_gettop(L) - n;
+  (void)h;
+  r->called++;
+  r->status = status;
+  r->n = n;
+  r->L = L;
+  for (i = 0; i < n && i < 4; i++) {
+    int idx = base + 1 + i;
+    const char *s = lua_isboolean(L, idx)
+                        ? (lua_toboolean(L, idx) ? "true" : "false")
+                        : lua_tostring(L, idx);
+    snprintf(r->values[i], sizeof r->values[i], "%s",
+             s ? s : luaL_typename(L, idx));
+  }
+}
+
+/* pushes the global function `name` and its arguments, then tide_call */
+static int call_global(tide_host *h, const char *name, const char *arg,
+                       call_result *r) {
+  lua_State *L = tide_lua(h);
+  lua_getglobal(L, name);
+  if (arg) lua_pushstring(L, arg);
+  return tide_call(h, arg ? 1 : 0, on_result, r);
+}
+
+START_TEST(test_call_results) {
+  tide_host *h = new_host(NULL);
+  lua_State *L = tide_lua(h);
+  call_result r;
+  int top = lua_gettop(L);
+  memset(&r, 0, sizeof r);
+  run(h, "function f(x) return 'got ' .. x, 42, nil end");
+  ck_assert_int_eq(call_global(h, "f", "a", &r), 0);
+  /* it returned at once: the callback already ran */
+  ck_assert_int_eq(r.called, 1);
+  ck_assert_int_eq(r.status, TIDE_OK);
+  ck_assert_int_eq(r.n, 3);
+  ck_assert_str_eq(r.values[0], "got a");
+  ck_assert_str_eq(r.values[1], "42");
+  ck_assert_str_eq(r.values[2], "nil");
+  ck_assert_ptr_ne(r.L, L); /* the task's own coroutine */
+  ck_assert_int_eq(lua_gettop(L), top);
+  tide_host_free(h);
+  ck_assert_int_eq(r.called, 1);
+}
+END_TEST
+
+START_TEST(test_call_waits) {
+  tide_host *h = new_host(NULL);
+  call_result r;
+  memset(&r, 0, sizeof r);
+  run(h, "function f(x) tide.sleep(0.02); return x .. ' later', tide.phase() end");
+  ck_assert_int_eq(call_global(h, "f", "done", &r), 0);
+  ck_assert_int_eq(r.called, 0); /* waiting */
+  ck_assert_int_eq(tide_loop_run(h, TIDE_RUN_DEFAULT), 0);
+  ck_assert_int_eq(r.called, 1);
+  ck_assert_int_eq(r.status, TIDE_OK);
+  ck_assert_str_eq(r.values[0], "done later");
+  ck_assert_str_eq(r.values[1], "timers");
+  tide_host_free(h);
+}
+END_TEST
+
+START_TEST(test_call_error) {
+  tide_host *h = new_host(NULL);
+  call_result r;
+  memset(&r, 0, sizeof r);
+  run(h, "function f(x)\n  tide.sleep(0.001)\n  error('bad ' .. x)\nend\n"
+         "function g() error({}) end");
+  capture_stderr();
+  ck_assert_int_eq(call_global(h, "f", "input", &r), 0);
+  ck_assert_int_eq(tide_loop_run(h, TIDE_RUN_DEFAULT), 0);
+  ck_assert_int_eq(r.called, 1);
+  ck_assert_int_eq(r.status, TIDE_ERROR);
+  ck_assert_int_eq(r.n, 1);
+  ck_assert_msg(strstr(r.values[0], "test:3: bad input") != NULL, "%s",
+                r.values[0]);
+  memset(&r, 0, sizeof r);
+  ck_assert_int_eq(call_global(h, "g", NULL, &r), 0);
+  ck_assert_int_eq(r.status, TIDE_ERROR);
+  ck_assert_str_eq(r.values[0], "(error object is a table value)");
+  /* the callback had the error: tide.on_error did not */
+  ck_assert_str_eq(captured_stderr(), "");
+  tide_host_free(h);
+}
+END_TEST
+
+START_TEST(test_call_not_callable) {
+  tide_host *h = new_host(NULL);
+  lua_State *L = tide_lua(h);
+  call_result r;
+  int top = lua_gettop(L);
+  memset(&r, 0, sizeof r);
+  lua_pushinteger(L, 5);
+  lua_pushinteger(L, 6);
+  ck_assert_int_eq(tide_call(h, 1, on_result, &r), -1);
+  ck_assert_int_eq(lua_gettop(L), top + 1);
+  ck_assert_str_eq(lua_tostring(L, -1), "tide_call: attempt to call a number value");
+  lua_pop(L, 1);
+  ck_assert_int_eq(r.called, 0);
+  /* a callable table is fine */
+  run(h, "callable = setmetatable({}, {__call = function(self, x) return x end})");
+  lua_getglobal(L, "callable");
+  lua_pushliteral(L, "via __call");
+  ck_assert_int_eq(tide_call(h, 1, on_result, &r), 0);
+  ck_assert_str_eq(r.values[0], "via __call");
+  tide_host_free(h);
+}
+END_TEST
+
+/* a callback that starts the next call: the chain runs in order */
+static int chain_left;
+static char chain_log[256];
+
+static void on_chain(tide_host *h, lua_State *L, int status, int n, void *ud) {
+  (void)ud, (void)n;
+  ck_assert_int_eq(status, TIDE_OK);
+  strncat(chain_log, lua_tostring(L, -1), sizeof chain_log - strlen(chain_log) - 1);
+  if (--chain_left > 0) {
+    lua_getglobal(L, "step");
+    lua_pushinteger(L, chain_left);
+    ck_assert_int_eq(tide_call(h, 1, on_chain, NULL), 0);
+  }
+}
+
+START_TEST(test_call_from_callback) {
+  tide_host *h = new_host(NULL);
+  lua_State *L = tide_lua(h);
+  chain_left = 3;
+  chain_log[0] = '\0';
+  run(h, "function step(i) tide.sleep(0.001) return tostring(i) end");
+  lua_getglobal(L, "step");
+  lua_pushinteger(L, 3);
+  ck_assert_int_eq(tide_call(h, 1, on_chain, NULL), 0);
+  ck_assert_int_eq(tide_loop_run(h, TIDE_RUN_DEFAULT), 0);
+  ck_assert_str_eq(chain_log, "321");
+  ck_assert_int_eq(chain_left, 0);
+  tide_host_free(h);
+}
+END_TEST
+
+/* tide_call from a C function that a task calls: the new task starts
+ * when the calling one waits */
+static call_result from_c[3];
+static int from_c_n;
+
+static int l_call_from_c(lua_State *L) {
+  tide_host *h = tide_from_lua(L);
+  lua_State *M = tide_lua(h);
+  lua_getglobal(M, "target");
+  lua_pushstring(M, luaL_checkstring(L, 1));
+  lua_pushinteger(L, tide_call(h, 1, on_result, &from_c[from_c_n++ % 3]));
+  return 1;
+}
+
+START_TEST(test_call_from_c_function) {
+  tide_host *h = new_host(NULL);
+  memset(from_c, 0, sizeof from_c);
+  from_c_n = 0;
+  tide_register(h, "call_from_c", l_call_from_c);
+  run(h, "order = ''\n"
+         "function target(x) order = order .. x tide.sleep(0.001) return 'got ' .. x end\n"
+         "for i = 1, 3 do\n"
+         "  assert(call_from_c(tostring(i)) == 0)\n"
+         "  order = order .. 'c'\n"
+         "  tide.sleep(0)\n"
+         "end");
+  ck_assert_int_eq(tide_loop_run(h, TIDE_RUN_DEFAULT), 0);
+  ck_assert_str_eq(eval(h, "order"), "c1c2c3");
+  ck_assert_str_eq(from_c[0].values[0], "got 1");
+  ck_assert_str_eq(from_c[2].values[0], "got 3");
+  ck_assert_int_eq(from_c[2].called, 1);
+  tide_host_free(h);
+}
+END_TEST
+
+/* a call whose task never ends: its callback runs once, at free */
+START_TEST(test_call_abandoned_at_free) {
+  tide_host *h = new_host(NULL);
+  call_result r;
+  memset(&r, 0, sizeof r);
+  run(h, "ch = tide.channel() function f() return ch:recv() end");
+  ck_assert_int_eq(call_global(h, "f", NULL, &r), 0);
+  ck_assert_int_eq(tide_loop_run(h, TIDE_RUN_DEFAULT), 0); /* nothing keeps it */
+  ck_assert_int_eq(r.called, 0);
+  tide_host_free(h);
+  ck_assert_int_eq(r.called, 1);
+  ck_assert_int_eq(r.status, TIDE_ERROR);
+  ck_assert_str_eq(r.values[0], "the call did not finish: the host was freed");
+}
+END_TEST
+
+/* a plugin hook called from C, as a C service does */
+START_TEST(test_call_plugin_hook) {
+  tide_host *h = new_host(NULL);
+  lua_State *L = tide_lua(h);
+  call_result r;
+  make_tmpdir();
+  write_file("hooks.lua",
+             "return { on_message = function(m) tide.sleep(0.001) return m:upper() end,\n"
+             "         spin = function() while true do end end }");
+  lua_pushfstring(L, "%s/hooks.lua", tmpdir);
+  lua_setglobal(L, "path");
+  run(h, "local plugin = require 'tide.plugin'\n"
+         "p = assert(plugin.load(path, {budget = 0.05, on_error = function() end}))\n"
+         "function call(hook, ...) return p:call(hook, ...) end");
+  ck_assert_int_eq(tide_loop_run(h, TIDE_RUN_DEFAULT), 0);
+  memset(&r, 0, sizeof r);
+  lua_getglobal(L, "call");
+  lua_pushliteral(L, "on_message");
+  lua_pushliteral(L, "hello");
+  ck_assert_int_eq(tide_call(h, 2, on_result, &r), 0);
+  ck_assert_int_eq(tide_loop_run(h, TIDE_RUN_DEFAULT), 0);
+  ck_assert_int_eq(r.status, TIDE_OK);
+  ck_assert_str_eq(r.values[0], "true");
+  ck_assert_str_eq(r.values[1], "HELLO");
+  memset(&r, 0, sizeof r);
+  lua_getglobal(L, "call");
+  lua_pushliteral(L, "spin");
+  ck_assert_int_eq(tide_call(h, 1, on_result, &r), 0);
+  ck_assert_int_eq(r.called, 1);
+  ck_assert_str_eq(r.values[0], "nil");
+  ck_assert_msg(strstr(r.values[1], "CPU budget") != NULL, "%s", r.values[1]);
+  tide_host_free(h);
+  remove_tmpdir();
+}
+END_TEST
+
+/* ---- tide_post: work from other threads ---------------------------------- */
+
+enum { POSTS = 1000 };
+
+typedef struct post_state {
+  tide_host *h;
+  pthread_t loop_thread;
+  int ran, in_order, off_thread;
+} post_state;
+
+static post_state posted;
+
+static void on_posted(tide_host *h, void *arg) {
+  int i = (int)(intptr_t)arg;
+  if (i != posted.ran) posted.in_order = 0;
+  if (!pthread_equal(pthread_self(), posted.loop_thread)) posted.off_thread++;
+  posted.ran++;
+  if (i == POSTS - 1) tide_unref(h); /* the last one lets the loop end */
+}
+
+static void *poster(void *arg) {
+  int i;
+  (void)arg;
+  for (i = 0; i < POSTS; i++) {
+    if (tide_post(posted.h, on_posted, (void *)(intptr_t)i) != 0) break;
+    if (i % 100 == 0) usleep(1000);
+  }
+  return NULL;
+}
+
+START_TEST(test_post_from_thread) {
+  tide_host *h = new_host(NULL);
+  pthread_t th;
+  memset(&posted, 0, sizeof posted);
+  posted.h = h;
+  posted.loop_thread = pthread_self();
+  posted.in_order = 1;
+  tide_ref(h); /* the poster's work keeps the loop alive */
+  ck_assert_int_eq(pthread_create(&th, NULL, poster, NULL), 0);
+  ck_assert_int_eq(tide_loop_run(h, TIDE_RUN_DEFAULT), 0);
+  ck_assert_int_eq(pthread_join(th, NULL), 0);
+  ck_assert_int_eq(posted.ran, POSTS);
+  ck_assert_int_eq(posted.in_order, 1);
+  ck_assert_int_eq(posted.off_thread, 0);
+  tide_host_free(h);
+}
+END_TEST
+
+/* a posted function stops the loop (the thread-safe way to stop) */
+static void post_stop(tide_host *h, void *arg) {
+  (void)arg;
+  tide_stop(h);
+}
+
+static void *stopper(void *arg) {
+  usleep(20000);
+  ck_assert_int_eq(tide_post(arg, post_stop, NULL), 0);
+  return NULL;
+}
+
+START_TEST(test_post_stops_the_loop) {
+  tide_host *h = new_host(NULL);
+  pthread_t th;
+  double t0;
+  run(h, "ticks = 0; tide.every(0.005, function() ticks = ticks + 1 end)");
+  t0 = seconds();
+  ck_assert_int_eq(pthread_create(&th, NULL, stopper, h), 0);
+  ck_assert_int_eq(tide_loop_run(h, TIDE_RUN_DEFAULT), 1); /* stopped */
+  ck_assert_int_eq(pthread_join(th, NULL), 0);
+  ck_assert(seconds() - t0 < 5);
+  ck_assert_int_ge(atoi(eval(h, "ticks")), 1);
+  /* and it runs again */
+  run(h, "local n = ticks; while ticks < n + 2 do tide.sleep(0.005) end; tide.exit(0)");
+  ck_assert_int_eq(tide_loop_run(h, TIDE_RUN_DEFAULT), -1);
+  tide_host_free(h);
+}
+END_TEST
+
+static int late_runs;
+static void post_count(tide_host *h, void *arg) {
+  (void)h, (void)arg;
+  late_runs++;
+}
+
+/* posts that the loop never polled for run when the host is freed */
+START_TEST(test_post_runs_at_free) {
+  tide_host *h = new_host(NULL);
+  late_runs = 0;
+  ck_assert_int_eq(tide_post(h, post_count, NULL), 0);
+  ck_assert_int_eq(tide_post(h, post_count, NULL), 0);
+  ck_assert_int_eq(tide_post(h, NULL, NULL), -1);
+  ck_assert_int_eq(late_runs, 0);
+  tide_host_free(h);
+  ck_assert_int_eq(late_runs, 2);
+}
+END_TEST
+
+/* ---- running until stopped, one iteration at a time ------------------------ */
+
+static int l_stop_now(lua_State *L) {
+  tide_stop(tide_from_lua(L));
+  return 0;
+}
+
+START_TEST(test_run_until_stopped) {
+  tide_host *h = new_host(NULL);
+  tide_register(h, "stop_now", l_stop_now);
+  run(h, "n = 0; tide.every(0.002, function() n = n + 1; if n % 3 == 0 then stop_now() end end)");
+  ck_assert_int_eq(tide_loop_run(h, TIDE_RUN_DEFAULT), 1);
+  ck_assert_str_eq(eval(h, "n"), "3");
+  ck_assert_int_eq(tide_loop_run(h, TIDE_RUN_DEFAULT), 1);
+  ck_assert_str_eq(eval(h, "n"), "6");
+  /* one iteration without waiting: nothing due yet */
+  ck_assert_int_eq(tide_loop_run(h, TIDE_RUN_NOWAIT), 1);
+  ck_assert_str_eq(eval(h, "n"), "6");
+  tide_host_free(h);
+}
+END_TEST
+
+/* ---- the memory limit ------------------------------------------------------ */
+
+START_TEST(test_memory_limit) {
+  tide_options o;
+  tide_host *h;
+  size_t base;
+  memset(&o, 0, sizeof o);
+  o.memory_limit = 64u << 20;
+  h = new_host(&o);
+  base = tide_memory_used(h);
+  ck_assert(base > 0 && base < o.memory_limit);
+  run(h, "local t = {} for i = 1, 1000 do t[i] = ('x'):rep(1000) .. i end keep = t");
+  ck_assert(tide_memory_used(h) > base + 1000000);
+  run(h, "keep = nil collectgarbage()");
+  ck_assert(tide_memory_used(h) < base + 500000);
+  /* past the limit: "not enough memory", caught; the host goes on */
+  run(h, "ok, err = pcall(function()\n"
+         "  local t = {} for i = 1, 1e8 do t[i] = {i} end\n"
+         "end)\n"
+         "big = pcall(string.rep, 'x', 100 * 2^20)\n"
+         "collectgarbage()");
+  ck_assert_str_eq(eval(h, "ok"), "false");
+  ck_assert_str_eq(eval(h, "err"), "not enough memory");
+  ck_assert_str_eq(eval(h, "big"), "false");
+  ck_assert(tide_memory_used(h) <= o.memory_limit);
+  run(h, "tide.sleep(0.001) after = 'still serving'");
+  ck_assert_int_eq(tide_loop_run(h, TIDE_RUN_DEFAULT), 0);
+  ck_assert_str_eq(eval(h, "after"), "still serving");
+  /* lifted */
+  tide_set_memory_limit(h, 0);
+  run(h, "big = pcall(string.rep, 'x', 100 * 2^20)");
+  ck_assert_str_eq(eval(h, "big"), "true");
+  tide_host_free(h);
+}
+END_TEST
+
+START_TEST(test_options_paths) {
+  tide_options o;
+  tide_host *h;
+  memset(&o, 0, sizeof o);
+  o.path = "/opt/x/?.lua";
+  o.cpath = "/opt/x/?.so";
+  h = new_host(&o);
+  ck_assert_str_eq(eval(h, "package.path:sub(1, 13)"), "/opt/x/?.lua;");
+  ck_assert_str_eq(eval(h, "package.cpath:sub(1, 12)"), "/opt/x/?.so;");
+  tide_host_free(h);
+}
+END_TEST
+
 static Suite *embed_suite(void) {
   Suite *s = suite_create("embed");
   TCase *c = tcase_create("host"), *r = tcase_create("run"),
         *x = tcase_create("exit"), *m = tcase_create("hosts"),
-        *f = tcase_create("free");
+        *f = tcase_create("free"), *k = tcase_create("calls");
   tcase_add_test(c, test_options_arg);
   tcase_add_test(c, test_options_default_and_no_globals);
   tcase_add_test(c, test_options_script_dir);
@@ -751,7 +1159,22 @@ static Suite *embed_suite(void) {
   suite_add_tcase(s, r);
   suite_add_tcase(s, x);
   suite_add_tcase(s, m);
+  tcase_add_test(c, test_options_paths);
+  tcase_add_test(k, test_call_results);
+  tcase_add_test(k, test_call_waits);
+  tcase_add_test(k, test_call_error);
+  tcase_add_test(k, test_call_not_callable);
+  tcase_add_test(k, test_call_from_callback);
+  tcase_add_test(k, test_call_from_c_function);
+  tcase_add_test(k, test_call_abandoned_at_free);
+  tcase_add_test(k, test_call_plugin_hook);
+  tcase_add_test(k, test_post_from_thread);
+  tcase_add_test(k, test_post_stops_the_loop);
+  tcase_add_test(k, test_post_runs_at_free);
+  tcase_add_test(k, test_run_until_stopped);
+  tcase_add_test(k, test_memory_limit);
   suite_add_tcase(s, f);
+  suite_add_tcase(s, k);
   return s;
 }
 
