@@ -7,6 +7,8 @@
  * lua/tide/cli.lua's job, inside the main task, so that all of it may wait.
  */
 #define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -67,6 +69,13 @@ int main(int argc, char **argv) {
 
   memset(&o, 0, sizeof o);
   signal(SIGPIPE, SIG_IGN); /* a dead peer is EPIPE, not a dead process */
+  /* Started with 0, 1 or 2 closed, the first descriptors tide opens (an
+   * eventfd, a socket) would take those numbers, and print or
+   * tide.stdout would write into them: hold them with /dev/null. */
+  for (i = 0; i <= 2; i++)
+    if (fcntl(i, F_GETFD) < 0 && errno == EBADF &&
+        open("/dev/null", i == 0 ? O_RDONLY : O_WRONLY) < 0)
+      return 1; /* (no /dev/null: nowhere to say so either) */
 
   /* First pass: find the script and validate the options. */
   for (i = 1; i < argc; i++) {

@@ -409,6 +409,30 @@ describe("the tide command", function()
       assert.truthy(err:find("-e", 1, true), err)
     end)
 
+    -- regression: started with 0 and 1 closed, the descriptors tide
+    -- opens first (an eventfd, a socket) took those numbers, and output
+    -- went into them
+    it("holds closed standard descriptors with /dev/null", function()
+      local path = script([[
+        local pid = require("tide.process").pid
+        local net = require "tide.net"
+        local sv = assert(net.listen{host = "127.0.0.1", port = 0})
+        print("to stdout")
+        local p = io.popen("readlink /proc/" .. pid .. "/fd/0 /proc/" .. pid .. "/fd/1")
+        local links = p:read("*a")
+        p:close()
+        sv:close()
+        local f = assert(io.open(os.getenv("OUT"), "w"))
+        f:write(links)
+        f:close()
+      ]])
+      local outf = tmpfile()
+      local _, _, rc = S.run(("env OUT=%s %s %s <&- 1>&-"):format(
+        shell_quote(outf), shell_quote(TIDE), shell_quote(path)))
+      assert.equal(0, rc)
+      assert.equal("/dev/null\n/dev/null\n", read_all(outf))
+    end)
+
     it("-- ends the options", function()
       local path = script([[io.write(table.concat({...}, " "))]])
       local out, err, rc = tide_cmd {"--", path, "-v"}
