@@ -276,12 +276,7 @@ tide_host *tide_host_new(const tide_options *opts, char *err, size_t errlen) {
   }
   if (!h->base) why = "could not create the event base";
   if (!why && !(h->L = luaL_newstate())) why = "not enough memory";
-  if (!why) {
-    h->alloc_f = lua_getallocf(h->L, &h->alloc_ud);
-    h->mem_used = (size_t)lua_gc(h->L, LUA_GCCOUNT, 0) * 1024 +
-                  (size_t)lua_gc(h->L, LUA_GCCOUNTB, 0);
-    lua_setallocf(h->L, limited_alloc, h);
-  }
+  if (!why && h->opts.memory_limit) tide__count_memory(h);
   if (!why && post_init(h) != 0) why = "could not create the post queue";
   if (!why) {
     lua_pushcfunction(h->L, open_host);
@@ -298,9 +293,28 @@ tide_host *tide_host_new(const tide_options *opts, char *err, size_t errlen) {
   return h;
 }
 
-size_t tide_memory_used(const tide_host *h) { return h->mem_used; }
+static size_t gc_bytes(lua_State *L) {
+  return (size_t)lua_gc(L, LUA_GCCOUNT, 0) * 1024 +
+         (size_t)lua_gc(L, LUA_GCCOUNTB, 0);
+}
+
+/* Counting goes through limited_alloc from the first memory limit or
+ * plugin sandbox on; until then the state calls LuaJIT's allocator
+ * directly, as the wrapper costs every allocation. (The wrapper forwards
+ * to that same allocator, so blocks from before are freed alike.) */
+void tide__count_memory(tide_host *h) {
+  if (h->alloc_f) return;
+  h->alloc_f = lua_getallocf(h->L, &h->alloc_ud);
+  h->mem_used = gc_bytes(h->L);
+  lua_setallocf(h->L, limited_alloc, h);
+}
+
+size_t tide_memory_used(const tide_host *h) {
+  return h->alloc_f ? h->mem_used : gc_bytes(h->L);
+}
 
 void tide_set_memory_limit(tide_host *h, size_t bytes) {
+  if (bytes) tide__count_memory(h);
   h->mem_limit = bytes;
 }
 

@@ -133,6 +133,10 @@ struct tide_host {
   struct tide__sandbox *sandbox;
 };
 
+/* host.c: counts the Lua state's bytes in h->mem_used from now on (the
+ * memory limit and plugin budgets need it; idempotent) */
+void tide__count_memory(tide_host *h);
+
 /* modules/plugin.c: a new run of Lua code begins (no plugin code has run
  * since the last one) */
 void tide__sandbox_boundary(tide_host *h);

@@ -397,6 +397,7 @@ TIDE_MODULE("tide.plugin.c", tide__open_plugin) {
   S->ref_names = luaL_ref(L, LUA_REGISTRYINDEX);
   lua_pushvalue(L, -1);
   luaL_ref(L, LUA_REGISTRYINDEX); /* the sandbox lives as long as the state */
+  tide__count_memory(h); /* (budgets read h->mem_used) */
   h->sandbox = S;
   run_begin(S, tide__hrtime());
 

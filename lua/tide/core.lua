@@ -162,12 +162,24 @@ local function take_runner()
 end
 
 -- Resumes runner co, which is then the current one.
-local slice_hook = nil -- tide._slice_hook (tide.plugin's budgets)
-local function run_in(co, a, b, c)
+local function plain_run_in(co, a, b, c)
+  local prev = cur_co
+  cur_co = co
+  local ok, r = resume(co, a, b, c)
+  cur_co = prev
+  return ok, r
+end
+local run_in = plain_run_in
+
+-- run_in with tide._slice_hook's f (tide.plugin's budgets): f(co) before
+-- each resume and, when it returned true, f(false) after it. Only once a
+-- hook is set does the scheduler's hot path take the branch.
+local slice_hook
+local function hooked_run_in(co, a, b, c)
   local prev = cur_co
   cur_co = co
   local ok, r
-  if slice_hook and slice_hook(co) then -- (true: a run to close after)
+  if slice_hook(co) then -- (true: a run to close after)
     ok, r = resume(co, a, b, c)
     slice_hook(false)
   else
@@ -1090,7 +1102,10 @@ function tide._on_finish(t, fn) t.on_finish = fn end
 function tide._is_cancel(e) return getmetatable(e) == Cancelled end
 -- f(co) before each resume of a task or runner and, when it returned
 -- true, f(false) after it (for tide.plugin's CPU budgets); nil removes it
-function tide._slice_hook(f) slice_hook = f end
+function tide._slice_hook(f)
+  slice_hook = f
+  run_in = f and hooked_run_in or plain_run_in
+end
 -- tide_call (host/host.c): fn(...) as a task, run at once when called
 -- from the loop (in a runner, as callbacks are: no task object unless it
 -- waits); from inside Lua it waits in the ready queue, which is drained
