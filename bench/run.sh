@@ -25,6 +25,8 @@
 #                     them (and the C build) for a quick run
 #   DUR=10            seconds per echo-client run (workload echo)
 #   IDLE_CONNS=10000  idle connections held open (workload idle)
+#   HTTP=1            the HTTP hello world (bench/http_run.sh: wrk against
+#                     tide.http, Node.js and nginx + Lua); HTTP=0 skips it
 #   CLI_CPU=1         CPU of the C load generators; the servers use CPU
 #   OUT=/tmp/tide-bench   logs/, results.tsv (every run) and tables.md
 #
@@ -518,6 +520,14 @@ fi
   fi
   echo
 } >> "$TABLES"
+
+# ---------------------------------------------------------------- HTTP hello world
+# (the peers' workload A; bench/http_run.sh measures and writes its section)
+if [ "${HTTP:-1}" = 1 ] && [ "$NET" = 1 ]; then
+  log "http: bench/http_run.sh (tide.http, Node.js, nginx + Lua under wrk)"
+  TIDE_BIN="$TIDE" PEER_DIR="$PEER_DIR" RUNS="$RUNS" DUR="$DUR" CPU="$CPU" \
+    CLI_CPU="$CLI_CPU" OUT="$OUT" "$HERE/http_run.sh" >> "$TABLES"
+fi
 
 echo
 cat "$TABLES"

@@ -1,0 +1,314 @@
+/*
+ * spec/c/check_http.c - the HTTP message parser of modules/http.c
+ * ("tide.http.c"), tested with libcheck through the Lua functions it
+ * exports, in a bare lua_State (the parser needs no host).
+ *
+ * Unit tests pin what the parser returns for valid heads and which
+ * status each malformed one gets; the fuzz test feeds it mutated
+ * requests and responses (deterministic seed, bounded count; run under
+ * ASan+UBSan by the sanitizer build) and checks the invariants that keep
+ * the server safe: no crash, a result of the documented shape, `next`
+ * inside the buffer, and every proper prefix of an accepted head
+ * reported as incomplete, never as another message.
+ */
+#define _GNU_SOURCE
+#include <check.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <lualib.h>
+
+#include "internal.h"
+
+int tide__open_http(lua_State *L);
+
+static lua_State *L;
+static int mod; /* index of the module table */
+
+static void setup(void) {
+  L = luaL_newstate();
+  luaL_openlibs(L);
+  ck_assert_int_eq(tide__open_http(L), 1);
+  mod = lua_gettop(L);
+}
+
+static void teardown(void) { lua_close(L); }
+
+/* Calls mod[fn](buf, pos, args...) leaving its results from index base+1;
+ * returns the number of results. */
+static int call(const char *fn, const char *buf, size_t len, long pos,
+                const double *args, int nargs, int *base) {
+  int i, top;
+  *base = lua_gettop(L);
+  lua_getfield(L, mod, fn);
+  lua_pushlstring(L, buf, len);
+  lua_pushinteger(L, pos);
+  for (i = 0; i < nargs; i++) lua_pushnumber(L, args[i]);
+  ck_assert_int_eq(lua_pcall(L, 2 + nargs, LUA_MULTRET, 0), 0);
+  top = lua_gettop(L);
+  return top - *base;
+}
+
+static const double REQ_LIMITS[] = {8192, 16384, 100};
+
+/* parse_request on s: the status of an error, 0 when accepted, -1 when
+ * incomplete. */
+static int request_status(const char *s, size_t len) {
+  int base, n = call("parse_request", s, len, 1, REQ_LIMITS, 3, &base), r;
+  if (lua_isnil(L, base + 1)) r = (int)lua_tointeger(L, base + 2);
+  else if (lua_toboolean(L, base + 1)) r = 0;
+  else r = -1;
+  (void)n;
+  lua_settop(L, base);
+  return r;
+}
+
+#define STATUS(s) request_status(s, sizeof(s) - 1)
+
+START_TEST(test_valid_request) {
+  static const char req[] = "\r\nPOST /a/b?x=1 HTTP/1.1\r\nHost: example\r\n"
+                            "Content-Length: 5\r\nX-Two: a\r\nx-two:  b \r\n"
+                            "Connection: close\r\nExpect: 100-continue\r\n\r\nhello";
+  int base, n = call("parse_request", req, sizeof req - 1, 1, REQ_LIMITS, 3, &base);
+  ck_assert_int_eq(n, 8);
+  ck_assert_str_eq(lua_tostring(L, base + 1), "POST");
+  ck_assert_str_eq(lua_tostring(L, base + 2), "/a/b?x=1");
+  ck_assert_int_eq(lua_tointeger(L, base + 3), 1);
+  lua_getfield(L, base + 4, "x-two");
+  ck_assert_str_eq(lua_tostring(L, -1), "a, b");
+  lua_pop(L, 1);
+  lua_getfield(L, base + 4, "host");
+  ck_assert_str_eq(lua_tostring(L, -1), "example");
+  lua_pop(L, 1);
+  ck_assert_int_eq(lua_tointeger(L, base + 5), (lua_Integer)(sizeof req - 1 - 5 + 1));
+  lua_getfield(L, mod, "BODY_LENGTH");
+  ck_assert_int_eq(lua_tointeger(L, base + 6), lua_tointeger(L, -1));
+  lua_pop(L, 1);
+  ck_assert_int_eq((int)lua_tonumber(L, base + 7), 5);
+  ck_assert_int_eq(lua_tointeger(L, base + 8), 1 | 4); /* F_CLOSE | F_CONTINUE */
+  lua_settop(L, base);
+}
+END_TEST
+
+START_TEST(test_incomplete_and_limits) {
+  ck_assert_int_eq(STATUS(""), -1);
+  ck_assert_int_eq(STATUS("GET / HTTP/1.1\r\nHost: a\r\n"), -1);
+  ck_assert_int_eq(STATUS("GET / HTTP/1.1\r\nHost: a\r\n\r"), -1);
+  ck_assert_int_eq(STATUS("GET / HTTP/1.1\r"), -1);
+  ck_assert_int_eq(STATUS("GET / HTTP/1.0\r\n\r\n"), 0);
+  {
+    char big[9000];
+    memset(big, 'a', sizeof big);
+    memcpy(big, "GET /", 5);
+    ck_assert_int_eq(request_status(big, sizeof big), 414); /* no line end yet */
+  }
+}
+END_TEST
+
+START_TEST(test_hostile_requests) {
+  ck_assert_int_eq(STATUS("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n"), 400);
+  ck_assert_int_eq(STATUS("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\n"), 400);
+  ck_assert_int_eq(STATUS("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\n"), 0);
+  ck_assert_int_eq(STATUS("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: +3\r\n\r\n"), 400);
+  ck_assert_int_eq(STATUS("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 1234567890123456\r\n\r\n"), 400);
+  ck_assert_int_eq(STATUS("POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip, chunked\r\n\r\n"), 501);
+  ck_assert_int_eq(STATUS("POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked, gzip\r\n\r\n"), 400);
+  ck_assert_int_eq(STATUS("POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: CHUNKED\r\n\r\n"), 0);
+  ck_assert_int_eq(STATUS("POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n"), 400);
+  ck_assert_int_eq(STATUS("GET / HTTP/1.1\r\nHost: a\r\nX: 1\r\n 2\r\n\r\n"), 400);
+  ck_assert_int_eq(STATUS("GET / HTTP/1.1\nHost: a\n\n"), 400);
+  ck_assert_int_eq(STATUS("GET / HTTP/1.1\r\nHost: a\rX: 1\r\n\r\n"), 400);
+  ck_assert_int_eq(request_status("GET / HTTP/1.1\r\nHost: a\r\nX: a\0b\r\n\r\n", 34), 400);
+  ck_assert_int_eq(STATUS("GET / HTTP/1.1\r\nHost : a\r\n\r\n"), 400);
+  ck_assert_int_eq(STATUS("GET / HTTP/1.1\r\n: a\r\nHost: a\r\n\r\n"), 400);
+  ck_assert_int_eq(STATUS("GET / HTTP/1.1\r\n\r\n"), 400);
+  ck_assert_int_eq(STATUS("GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n"), 400);
+  ck_assert_int_eq(STATUS("GET / HTTP/2.0\r\nHost: a\r\n\r\n"), 400);
+  ck_assert_int_eq(STATUS("GET / HTTP/1.1\r\nHost: a\r\nExpect: nope\r\n\r\n"), 417);
+}
+END_TEST
+
+START_TEST(test_chunk_size) {
+  static const struct { const char *s; double size; int ok; } cases[] = {
+      {"0\r\n", 0, 1}, {"a\r\n", 10, 1}, {"FF;ext=1\r\n", 255, 1},
+      {"3 ;x\r\n", 3, 1}, {"0x3\r\n", 0, 0}, {"-0\r\n", 0, 0}, {"+3\r\n", 0, 0},
+      {" 3\r\n", 0, 0}, {"3 \r\n", 0, 0}, {"3\n", 0, 0}, {"\r\n", 0, 0},
+      {"1000000000000000\r\n", 0, 0}, {"3;\1\r\n", 0, 0}};
+  size_t i;
+  for (i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+    int base;
+    call("chunk_size", cases[i].s, strlen(cases[i].s), 1, NULL, 0, &base);
+    if (cases[i].ok) {
+      ck_assert_msg(lua_isnumber(L, base + 1), "case %s", cases[i].s);
+      ck_assert(lua_tonumber(L, base + 1) == cases[i].size);
+      ck_assert_int_eq(lua_tointeger(L, base + 2), (lua_Integer)strlen(cases[i].s) + 1);
+    } else {
+      ck_assert_msg(lua_isnil(L, base + 1), "case %s", cases[i].s);
+    }
+    lua_settop(L, base);
+  }
+  {
+    int base;
+    call("chunk_size", "3", 1, 1, NULL, 0, &base); /* incomplete */
+    ck_assert(lua_isboolean(L, base + 1) && !lua_toboolean(L, base + 1));
+    lua_settop(L, base);
+  }
+}
+END_TEST
+
+START_TEST(test_response) {
+  static const double lim[] = {65536, 100};
+  static const char res[] = "HTTP/1.1 404 Not Found\r\nTransfer-Encoding: chunked\r\n\r\n";
+  int base;
+  call("parse_response", res, sizeof res - 1, 1, lim, 2, &base);
+  ck_assert_int_eq(lua_tointeger(L, base + 1), 404);
+  ck_assert_str_eq(lua_tostring(L, base + 2), "Not Found");
+  lua_getfield(L, mod, "BODY_CHUNKED");
+  ck_assert_int_eq(lua_tointeger(L, base + 6), lua_tointeger(L, -1));
+  lua_settop(L, base);
+  call("parse_response", "HTTP/1.1 200\r\n\r\n", 16, 1, lim, 2, &base);
+  ck_assert_int_eq(lua_tointeger(L, base + 1), 200);
+  lua_settop(L, base);
+  call("parse_response", "HTTP/1.1 2x0 OK\r\n\r\n", 19, 1, lim, 2, &base);
+  ck_assert(lua_isnil(L, base + 1));
+  lua_settop(L, base);
+}
+END_TEST
+
+/* --- fuzzing ---------------------------------------------------------------- */
+
+static uint64_t rng = 0x9e3779b97f4a7c15ULL;
+static uint32_t next_rand(void) {
+  rng ^= rng << 13;
+  rng ^= rng >> 7;
+  rng ^= rng << 17;
+  return (uint32_t)(rng >> 11);
+}
+
+static const char *const seeds[] = {
+    "GET / HTTP/1.1\r\nHost: a\r\n\r\n",
+    "POST /up?x=1 HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\nhello",
+    "PUT / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n5;e=1\r\nhello\r\n0\r\nT: 1\r\n\r\n",
+    "GET /x HTTP/1.0\r\nConnection: keep-alive\r\nAccept: */*\r\n\r\n",
+    "OPTIONS * HTTP/1.1\r\nHost: [::1]:80\r\nExpect: 100-continue\r\nCookie: a=b; c=d\r\n\r\n",
+    "HTTP/1.1 200 OK\r\nContent-Length: 3\r\nConnection: close\r\n\r\nabc",
+    "HTTP/1.0 302 Found\r\nLocation: /a\r\nTransfer-Encoding: gzip\r\n\r\n",
+};
+static const char tokens[] = "\r\n\0 \t:;,-+0x9fF\x7f\x80";
+
+static size_t mutate(char *out, size_t cap) {
+  const char *seed = seeds[next_rand() % (sizeof seeds / sizeof seeds[0])];
+  size_t len = strlen(seed), i, n = 1 + next_rand() % 6;
+  memcpy(out, seed, len);
+  for (i = 0; i < n; i++) {
+    size_t at = len ? next_rand() % len : 0;
+    switch (next_rand() % 6) {
+    case 0: out[at] = (char)(next_rand() & 0xff); break;
+    case 1: out[at] = tokens[next_rand() % (sizeof tokens - 1)]; break;
+    case 2: /* delete a byte */
+      if (len) { memmove(out + at, out + at + 1, len - at - 1); len--; }
+      break;
+    case 3: /* insert a byte */
+      if (len < cap) {
+        memmove(out + at + 1, out + at, len - at);
+        out[at] = tokens[next_rand() % (sizeof tokens - 1)];
+        len++;
+      }
+      break;
+    case 4: /* duplicate a slice */
+      {
+        size_t sl = 1 + next_rand() % 16;
+        if (at + sl <= len && len + sl <= cap) {
+          memmove(out + at + sl, out + at, len - at);
+          len += sl;
+        }
+      }
+      break;
+    default: len = at; /* truncate */
+    }
+  }
+  return len;
+}
+
+static void check_shape(const char *fn, int base, int n, size_t len) {
+  if (lua_isnil(L, base + 1)) {
+    ck_assert_msg(n >= 2 && lua_isstring(L, base + n), "%s: error without a message", fn);
+  } else if (lua_isboolean(L, base + 1)) {
+    ck_assert_msg(!lua_toboolean(L, base + 1) || n == 1, "%s: bad boolean result", fn);
+  } else {
+    int at = strcmp(fn, "parse_trailers") == 0 ? 2
+           : strcmp(fn, "chunk_size") == 0 ? 2 : 5;
+    lua_Integer next = lua_tointeger(L, base + at);
+    ck_assert_msg(next >= 1 && (size_t)next <= len + 1, "%s: next %ld out of range",
+                  fn, (long)next);
+  }
+}
+
+START_TEST(test_fuzz) {
+  static const double rlim[] = {8192, 16384, 100}, slim[] = {65536, 100},
+                      clim[] = {1048576, 16384, 100};
+  char buf[512];
+  int iter, accepted = 0;
+  for (iter = 0; iter < 30000; iter++) {
+    size_t len = mutate(buf, sizeof buf);
+    long pos = 1 + (long)(next_rand() % 4);
+    int base, n;
+    n = call("parse_request", buf, len, 1, rlim, 3, &base);
+    check_shape("parse_request", base, n, len);
+    if (lua_isstring(L, base + 1) && !lua_isnumber(L, base + 1)) {
+      /* accepted: every proper prefix of the head is incomplete */
+      size_t end = (size_t)lua_tointeger(L, base + 5) - 1, k;
+      accepted++;
+      lua_settop(L, base);
+      for (k = 0; k < end; k += 1 + k / 8) {
+        int b2;
+        call("parse_request", buf, k, 1, rlim, 3, &b2);
+        ck_assert_msg(lua_isboolean(L, b2 + 1) && !lua_toboolean(L, b2 + 1),
+                      "prefix %zu of an accepted head was not incomplete", k);
+        lua_settop(L, b2);
+      }
+    }
+    lua_settop(L, base);
+    n = call("parse_response", buf, len, pos, slim, 2, &base);
+    check_shape("parse_response", base, n, len);
+    lua_settop(L, base);
+    n = call("parse_trailers", buf, len, pos, slim, 2, &base);
+    check_shape("parse_trailers", base, n, len);
+    lua_settop(L, base);
+    n = call("chunk_size", buf, len, pos, NULL, 0, &base);
+    check_shape("chunk_size", base, n, len);
+    lua_settop(L, base);
+    n = call("scan_chunks", buf, len, pos, clim, 3, &base);
+    ck_assert(n == 1 || n == 3);
+    lua_settop(L, base);
+  }
+  /* the mutations keep some requests valid: the accepting paths ran */
+  ck_assert_int_gt(accepted, 100);
+}
+END_TEST
+
+static Suite *http_suite(void) {
+  Suite *s = suite_create("http");
+  TCase *tc = tcase_create("parser");
+  tcase_add_checked_fixture(tc, setup, teardown);
+  tcase_set_timeout(tc, 120);
+  tcase_add_test(tc, test_valid_request);
+  tcase_add_test(tc, test_incomplete_and_limits);
+  tcase_add_test(tc, test_hostile_requests);
+  tcase_add_test(tc, test_chunk_size);
+  tcase_add_test(tc, test_response);
+  tcase_add_test(tc, test_fuzz);
+  suite_add_tcase(s, tc);
+  return s;
+}
+
+int main(void) {
+  SRunner *sr = srunner_create(http_suite());
+  int failed;
+  srunner_run_all(sr, CK_NORMAL);
+  failed = srunner_ntests_failed(sr);
+  srunner_free(sr);
+  return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+}

@@ -1,0 +1,794 @@
+-- spec/http_spec.lua - tide.http, the HTTP/1.1 server and client
+-- (API.md, "HTTP"; docs/http.md): requests and responses, keep-alive,
+-- pipelining, chunked bodies both ways, streaming with backpressure,
+-- 100-continue, HEAD / 204 / 304, Connection: close, HTTP/1.0, handler
+-- errors, a client going away mid-request, the limits and timeouts, and
+-- the client (pooling, bodies, redirects, timeouts, failures). Real peers:
+-- curl against the server, the client against python3's http.server.
+--
+-- Loopback only. Every wait is bounded (timeouts on sockets and joins);
+-- synchronisation is on events (a response, a closed connection, a
+-- channel), never on sleeping long enough. Timeouts under test are small.
+
+local S = require "spec.support"
+local http = require "tide.http"
+local net = require "tide.net"
+local process = require "tide.process"
+
+local watchdog = S.watchdog("http_spec.lua")
+
+local CRLF = "\r\n"
+local function req(lines) return table.concat(lines, CRLF) .. CRLF .. CRLF end
+
+local servers = {}
+local function serve(handler, opts)
+  opts = opts or {}
+  opts.host, opts.port, opts.handler = "127.0.0.1", 0, handler
+  local s = assert(http.serve(opts))
+  servers[#servers + 1] = s
+  return s
+end
+
+local function url(s, path) return ("http://127.0.0.1:%d%s"):format(s.port, path or "/") end
+
+local function connect(port)
+  local c = assert(net.connect{host = "127.0.0.1", port = port, timeout = 5})
+  c:set_timeout(5)
+  return c
+end
+
+-- Reads one response from raw connection c: status, headers (lower
+-- case), body; nil at the end of the stream.
+local function read_response(c, head_only)
+  local line = c:read_line()
+  if not line then return nil end
+  local status = tonumber(line:match("^HTTP/1%.[01] (%d%d%d)"))
+  local h = {}
+  while true do
+    local l = assert(c:read_line())
+    if l == "" then break end
+    local k, v = l:match("^([^:]+):%s*(.-)%s*$")
+    h[k:lower()] = v
+  end
+  if head_only then return status, h, "" end
+  local body = ""
+  if h["content-length"] then
+    body = assert(c:read_exactly(tonumber(h["content-length"])))
+  elseif h["transfer-encoding"] == "chunked" then
+    local parts = {}
+    while true do
+      local n = tonumber(assert(c:read_line()), 16)
+      if n == 0 then assert(c:read_line()); break end
+      parts[#parts + 1] = c:read_exactly(n)
+      assert(c:read_line() == "")
+    end
+    body = table.concat(parts)
+  elseif status ~= 204 and status ~= 304 then
+    local parts = {}
+    while true do
+      local d = c:read()
+      if not d then break end
+      parts[#parts + 1] = d
+    end
+    body = table.concat(parts)
+  end
+  return status, h, body
+end
+
+-- true when the server closed c (reads to the end, at most 5 s)
+local function closed(c)
+  while true do
+    local d, e = c:read()
+    if not d then return e == nil or e == "connection reset by peer" end
+  end
+end
+
+local function curl(...)
+  local r = assert(process.run{"curl", "-sS", "--max-time", "10", ...})
+  return r.stdout, r.stderr, r.code
+end
+
+describe("tide.http", function()
+  teardown(function()
+    for _, s in ipairs(servers) do s:close() end
+    http.close_idle()
+    watchdog:stop()
+  end)
+
+  describe("server", function()
+    it("answers what a handler returns, with Date and Content-Length", function()
+      local s = serve(function(r) return 201, "made " .. r.path, {["X-Kind"] = "test"} end)
+      local res = assert(http.get(url(s, "/thing")))
+      assert.equal(201, res.status)
+      assert.equal("made /thing", res.body)
+      assert.equal("test", res.headers["x-kind"])
+      assert.equal("11", res.headers["Content-Length"])
+      assert.truthy(res.headers.date:match("^%a%a%a, %d%d %a%a%a %d%d%d%d %d%d:%d%d:%d%d GMT$"))
+    end)
+
+    it("gives the handler the request line, query and headers", function()
+      local seen
+      local s = serve(function(r)
+        seen = {method = r.method, target = r.target, path = r.path, query = r.query,
+                version = r.version, ua = r.headers["USER-AGENT"], multi = r.headers["x-m"],
+                hdr = r:header("X-One")}
+        return 200, "ok"
+      end)
+      local c = connect(s.port)
+      c:write(req{"PUT /p/q?a=1&b=x%20y&a=2&c HTTP/1.1", "Host: h", "User-Agent: spec",
+                  "X-M: 1", "x-m: 2", "X-One: one"} )
+      assert.equal(200, read_response(c))
+      c:close()
+      assert.same({method = "PUT", target = "/p/q?a=1&b=x%20y&a=2&c", path = "/p/q",
+                   query = {a = {"1", "2"}, b = "x y", c = ""}, version = "1.1",
+                   ua = "spec", multi = "1, 2", hdr = "one"}, seen)
+    end)
+
+    it("keeps connections alive and the client reuses them", function()
+      local ports = {}
+      local s = serve(function(r) ports[#ports + 1] = r.remote_port; return 200, "x" end)
+      for _ = 1, 3 do assert.equal(200, assert(http.get(url(s))).status) end
+      assert.equal(3, #ports)
+      assert.equal(ports[1], ports[2])
+      assert.equal(ports[1], ports[3])
+    end)
+
+    it("answers 100 pipelined requests in one write, in order", function()
+      local s = serve(function(r)
+        if tonumber(r.path:sub(2)) % 7 == 0 then tide.sleep(0) end -- some wait
+        return 200, r.path
+      end)
+      local c = connect(s.port)
+      local parts = {}
+      for i = 1, 100 do parts[i] = req{"GET /" .. i .. " HTTP/1.1", "Host: h"} end
+      c:write(table.concat(parts))
+      for i = 1, 100 do
+        local st, _, body = read_response(c)
+        assert.equal(200, st)
+        assert.equal("/" .. i, body)
+      end
+      c:close()
+    end)
+
+    it("reads chunked request bodies, with trailers kept apart", function()
+      local seen
+      local s = serve(function(r)
+        if r.method == "POST" then
+          seen = {body = assert(r:body()), trailer = r.trailers and r.trailers["x-sum"],
+                  header = r.headers["x-sum"]}
+        end
+        return 200, "ok"
+      end)
+      local c = connect(s.port)
+      c:write(req{"POST / HTTP/1.1", "Host: h", "Transfer-Encoding: chunked"},
+              "5\r\nhello\r\n1;ext=1\r\n \r\n5\r\nworld\r\n0\r\nX-Sum: 11\r\n\r\n")
+      assert.equal(200, read_response(c))
+      -- the connection goes on
+      c:write(req{"GET / HTTP/1.1", "Host: h"})
+      assert.equal(200, read_response(c))
+      c:close()
+      assert.same({body = "hello world", trailer = "11"}, seen)
+    end)
+
+    it("streams the request body with req:read and the response with res:write", function()
+      local pieces = 0
+      local s = serve(function(r, res)
+        res:set_header("Content-Type", "application/octet-stream")
+        while true do
+          local d, e, code = r:read(1000)
+          assert(d or not e, e)
+          if not d then break end
+          assert.is_true(#d <= 1000)
+          pieces = pieces + 1
+          assert(res:write(d:upper()))
+        end
+        res:finish()
+      end)
+      local chunks, i = {}, 0
+      for k = 1, 50 do chunks[k] = ("abc"):rep(1000) end
+      local res = assert(http.request{method = "POST", url = url(s), body = function()
+        i = i + 1
+        return chunks[i]
+      end})
+      assert.equal(200, res.status)
+      assert.equal("chunked", res.headers["transfer-encoding"])
+      assert.equal(("ABC"):rep(50000), res.body)
+      assert.is_true(pieces >= 150)
+    end)
+
+    it("res:write waits for a slow reader (backpressure) and gives up at send_timeout", function()
+      local outcome = tide.channel(1)
+      local s = serve(function(_, res)
+        local chunk, sent = ("x"):rep(65536), 0
+        while sent < 256 * 1048576 do
+          local ok, e, code = res:write(chunk)
+          if not ok then outcome:send({sent = sent, code = code}); return end
+          sent = sent + #chunk
+        end
+        outcome:send({sent = sent})
+      end, {send_timeout = 0.2})
+      local c = connect(s.port)
+      c:write(req{"GET / HTTP/1.1", "Host: h"})
+      local o = outcome:recv(10)
+      c:close()
+      assert.equal("ETIMEDOUT", o.code)
+      assert.is_true(o.sent < 64 * 1048576)
+    end)
+
+    it("sends 100 Continue before the first body read", function()
+      local s = serve(function(r) return 200, "got " .. assert(r:body()) end)
+      local c = connect(s.port)
+      c:write(req{"POST / HTTP/1.1", "Host: h", "Content-Length: 5", "Expect: 100-continue"})
+      assert.equal("HTTP/1.1 100 Continue", c:read_line())
+      assert.equal("", c:read_line())
+      c:write("hello")
+      local st, _, body = read_response(c)
+      assert.equal(200, st)
+      assert.equal("got hello", body)
+      c:close()
+    end)
+
+    it("without a body read, answers without 100 Continue and closes", function()
+      local s = serve(function() return 403, "no" end)
+      local c = connect(s.port)
+      c:write(req{"POST / HTTP/1.1", "Host: h", "Content-Length: 5", "Expect: 100-continue"})
+      local st, h, body = read_response(c)
+      assert.equal(403, st)
+      assert.equal("no", body)
+      assert.equal("close", h.connection)
+      assert.is_true(closed(c))
+      c:close()
+    end)
+
+    it("sends no body for HEAD, 204 and 304", function()
+      local s = serve(function(r, res)
+        if r.path == "/204" then return 204, "dropped" end
+        if r.path == "/304" then return 304, "dropped" end
+        if r.path == "/stream" then res:write("dropped"); return end
+        return 200, "twelve bytes"
+      end)
+      local c = connect(s.port)
+      c:write(req{"HEAD / HTTP/1.1", "Host: h"}, req{"GET /204 HTTP/1.1", "Host: h"},
+              req{"GET /304 HTTP/1.1", "Host: h"}, req{"HEAD /stream HTTP/1.1", "Host: h"},
+              req{"GET / HTTP/1.1", "Host: h"})
+      local st, h = read_response(c, true)
+      assert.equal(200, st)
+      assert.equal("12", h["content-length"])
+      st, h = read_response(c)
+      assert.equal(204, st)
+      assert.is_nil(h["content-length"])
+      assert.is_nil(h["transfer-encoding"])
+      st = read_response(c)
+      assert.equal(304, st)
+      st = read_response(c, true)
+      assert.equal(200, st)
+      local body
+      st, h, body = read_response(c) -- the next response follows at once
+      assert.equal(200, st)
+      assert.equal("twelve bytes", body)
+      c:close()
+      local res = assert(http.request{method = "HEAD", url = url(s)})
+      assert.equal("", res.body)
+      assert.equal("12", res.headers["content-length"])
+    end)
+
+    it("honours Connection: close from the client and from the handler", function()
+      local s = serve(function(r)
+        if r.path == "/bye" then return 200, "bye", {Connection = "close"} end
+        return 200, "hi"
+      end)
+      local c = connect(s.port)
+      c:write(req{"GET / HTTP/1.1", "Host: h", "Connection: close"})
+      local st, h = read_response(c)
+      assert.equal(200, st)
+      assert.equal("close", h.connection)
+      assert.is_true(closed(c))
+      c:close()
+      c = connect(s.port)
+      c:write(req{"GET /bye HTTP/1.1", "Host: h"})
+      st, h = read_response(c)
+      assert.equal("close", h.connection)
+      assert.is_true(closed(c))
+      c:close()
+    end)
+
+    it("serves HTTP/1.0 clients: close by default, keep-alive when asked", function()
+      local s = serve(function(r, res)
+        if r.path == "/stream" then res:write("a"); res:write("b"); return end
+        return 200, r.version
+      end)
+      local c = connect(s.port)
+      c:write(req{"GET / HTTP/1.0"})
+      local st, h, body = read_response(c)
+      assert.equal(200, st)
+      assert.equal("1.0", body)
+      assert.equal("close", h.connection)
+      assert.is_true(closed(c))
+      c:close()
+      c = connect(s.port)
+      c:write(req{"GET / HTTP/1.0", "Connection: keep-alive"})
+      st, h = read_response(c)
+      assert.equal("keep-alive", h.connection)
+      c:write(req{"GET /stream HTTP/1.0", "Connection: keep-alive"})
+      st, h, body = read_response(c) -- no chunked coding in 1.0: the body ends with the connection
+      assert.is_nil(h["transfer-encoding"])
+      assert.equal("ab", body)
+      c:close()
+    end)
+
+    it("a handler error before the response answers 500 and the connection goes on", function()
+      local s = serve(function(r, res)
+        if r.path == "/late" then res:write("partial"); error("late failure") end
+        if r.path == "/fail" then error("handler failure") end
+        return 200, "fine"
+      end)
+      local c = connect(s.port)
+      c:write(req{"GET /fail HTTP/1.1", "Host: h"})
+      assert.equal(500, read_response(c))
+      c:write(req{"GET / HTTP/1.1", "Host: h"})
+      local st, _, body = read_response(c)
+      assert.equal(200, st)
+      assert.equal("fine", body)
+      -- after the head went out, the connection closes
+      c:write(req{"GET /late HTTP/1.1", "Host: h"})
+      st = read_response(c, true)
+      assert.equal(200, st)
+      assert.is_true(closed(c))
+      c:close()
+      assert.equal(200, assert(http.get(url(s))).status) -- still serving
+    end)
+
+    it("logs a handler's error with its traceback and keeps serving", function()
+      local out, err, rc = S.run_child([[
+        local http = require "tide.http"
+        local s = assert(http.serve{host = "127.0.0.1", port = 0, handler = function(r)
+          if r.path == "/boom" then local t = nil; return t.field end
+          return 200, "ok"
+        end})
+        local a = assert(http.get("http://127.0.0.1:" .. s.port .. "/boom"))
+        local b = assert(http.get("http://127.0.0.1:" .. s.port .. "/"))
+        print(a.status, b.status)
+        s:close()
+        http.close_idle()
+      ]])
+      assert.equal(0, rc, err)
+      assert.equal("500\t200\n", out)
+      assert.truthy(err:find("GET /boom", 1, true), err)
+      assert.truthy(err:find("attempt to index", 1, true), err)
+      assert.truthy(err:find("stack traceback", 1, true), err)
+    end)
+
+    it("a client that goes away cancels the handler's pending wait", function()
+      local events = tide.channel(2)
+      local s = serve(function(r)
+        if r.path == "/quick" then return 200, "ok" end
+        events:send("started")
+        local ok, e = pcall(tide.sleep, 10)
+        events:send(ok and "slept" or ("cancelled: " .. tostring(e)))
+        error(e, 0)
+      end)
+      local c = connect(s.port)
+      c:write(req{"GET / HTTP/1.1", "Host: h"})
+      assert.equal("started", events:recv(5))
+      c:close()
+      local t0 = tide.hrtime()
+      local what = events:recv(5)
+      assert.truthy(what:find("^cancelled"), what)
+      assert.is_true(tide.hrtime() - t0 < 2)
+      assert.equal(200, assert(http.get(url(s, "/quick"))).status)
+      -- the same once the handler has read a body that came later
+      local s2 = serve(function(r)
+        assert.equal("hello", r:body())
+        events:send("read")
+        local ok, e = pcall(tide.sleep, 10)
+        events:send(ok and "slept" or ("cancelled: " .. tostring(e)))
+        error(e, 0)
+      end)
+      c = connect(s2.port)
+      c:write(req{"POST / HTTP/1.1", "Host: h", "Content-Length: 5"})
+      tide.sleep(0.05) -- (the body comes after the handler started; no result depends on it)
+      c:write("hello")
+      assert.equal("read", events:recv(5))
+      c:close()
+      what = events:recv(5)
+      assert.truthy(what:find("^cancelled"), what)
+    end)
+
+    it("close() stops accepting and closes idle kept-alive connections", function()
+      local s = assert(http.serve{host = "127.0.0.1", port = 0,
+                                  handler = function() return 200, "ok" end})
+      local c = connect(s.port)
+      c:write(req{"GET / HTTP/1.1", "Host: h"})
+      assert.equal(200, read_response(c))
+      s:close()
+      assert.is_true(closed(c))
+      c:close()
+      local c2, e, code = net.connect{host = "127.0.0.1", port = s.port, timeout = 5}
+      assert.is_nil(c2)
+      assert.equal("ECONNREFUSED", code, e)
+    end)
+
+    it("serves on a Unix socket", function()
+      local path = os.tmpname()
+      os.remove(path)
+      local s = assert(http.serve{path = path, handler = function(r) return 200, "unix " .. r.path end})
+      local c = assert(net.connect{path = path, timeout = 5})
+      c:set_timeout(5)
+      c:write(req{"GET /u HTTP/1.1", "Host: localhost", "Connection: close"})
+      local st, _, body = read_response(c)
+      c:close()
+      s:close()
+      os.remove(path)
+      assert.equal(200, st)
+      assert.equal("unix /u", body)
+    end)
+
+    it("rejects unknown options and bad values", function()
+      assert.has_error(function() http.serve{port = 0, handler = print, max_body = 1} end,
+        "bad argument #1 to 'serve' (unknown option 'max_body')")
+      assert.has_error(function() http.serve{port = 0} end)
+      assert.has_error(function() http.serve{port = 0, handler = print, headers_timeout = -1} end)
+      assert.has_error(function() http.serve{port = 0, handler = print, max_headers = 1.5} end)
+      assert.has_error(function() http.serve("x") end)
+    end)
+
+    it("keeps a body to the Content-Length the handler set, closing when it differs", function()
+      local s = serve(function(r, res)
+        res:set_header("Content-Length", "3")
+        if r.path == "/long" then res:write("abcdef") else res:write("a") end
+        res:finish()
+      end)
+      local c = connect(s.port)
+      c:write(req{"GET /long HTTP/1.1", "Host: h"}, req{"GET /short HTTP/1.1", "Host: h"})
+      local st, h, body = read_response(c)
+      assert.equal(200, st)
+      assert.equal("3", h["content-length"])
+      assert.equal("abc", body)
+      assert.is_true(closed(c)) -- the rest was dropped: the connection ends
+      c:close()
+      c = connect(s.port)
+      c:write(req{"GET /short HTTP/1.1", "Host: h"})
+      assert.equal("HTTP/1.1 200 OK", c:read_line())
+      local rest = {}
+      while true do
+        local d = c:read()
+        if not d then break end
+        rest[#rest + 1] = d
+      end
+      c:close()
+      assert.truthy(table.concat(rest):find("\r\n\r\na$")) -- one byte of three, then the close
+    end)
+
+    it("checks headers set by handlers (no CR LF injection)", function()
+      local s = serve(function(_, res)
+        local ok = pcall(res.set_header, res, "X-A", "b\r\nX-Injected: 1")
+        local ok2 = pcall(res.set_header, res, "Bad Name", "v")
+        return 200, tostring(ok) .. tostring(ok2), {["X-Fine"] = "yes"}
+      end)
+      local res = assert(http.get(url(s)))
+      assert.equal("falsefalse", res.body)
+      assert.is_nil(res.headers["x-injected"])
+      assert.equal("yes", res.headers["x-fine"])
+    end)
+  end)
+
+  describe("limits and timeouts", function()
+    it("closes a slowloris connection at headers_timeout while serving others", function()
+      local s = serve(function() return 200, "ok" end, {headers_timeout = 0.3})
+      local slow = connect(s.port)
+      local done = tide.channel(1)
+      tide.spawn(function()
+        local data = req{"GET / HTTP/1.1", "Host: h", "X-Slow: " .. ("z"):rep(40)}
+        for i = 1, #data do
+          if not slow:write(data:sub(i, i)) then break end
+          tide.sleep(0.02)
+          if done:count() > 0 then break end
+        end
+      end)
+      local t0 = tide.hrtime()
+      for _ = 1, 5 do assert.equal(200, assert(http.get(url(s))).status) end
+      local st = read_response(slow)
+      assert.equal(408, st)
+      assert.is_true(closed(slow))
+      local took = tide.hrtime() - t0
+      done:send(true)
+      slow:close()
+      assert.is_true(took >= 0.25 and took < 2, took)
+    end)
+
+    it("keeps timing out the connections left open after close()", function()
+      local s = serve(function() return 200, "ok" end, {headers_timeout = 0.2})
+      local c = connect(s.port)
+      -- (with the first request: the server holds the start of the second
+      -- once the first is answered)
+      c:write(req{"GET / HTTP/1.1", "Host: h"}, "GET / HTTP/1.1\r\nHo") -- a head that never ends
+      assert.equal(200, read_response(c))
+      local t0 = tide.hrtime()
+      s:close()
+      assert.equal(408, read_response(c))
+      assert.is_true(closed(c))
+      c:close()
+      assert.is_true(tide.hrtime() - t0 < 2)
+    end)
+
+    it("answers 408 when the body stalls past body_timeout", function()
+      local s = serve(function(r)
+        local b, e, code = r:body()
+        return 200, tostring(b) .. tostring(code)
+      end, {body_timeout = 0.2})
+      local c = connect(s.port)
+      c:write(req{"POST / HTTP/1.1", "Host: h", "Content-Length: 10"}, "abc")
+      local st, h = read_response(c)
+      assert.equal(408, st)
+      assert.equal("close", h.connection)
+      assert.is_true(closed(c))
+      c:close()
+    end)
+
+    it("closes idle keep-alive connections at keepalive_timeout", function()
+      local s = serve(function() return 200, "ok" end, {keepalive_timeout = 0.2})
+      local c = connect(s.port)
+      c:write(req{"GET / HTTP/1.1", "Host: h"})
+      assert.equal(200, read_response(c))
+      local t0 = tide.hrtime()
+      assert.is_true(closed(c))
+      local took = tide.hrtime() - t0
+      assert.is_true(took >= 0.15 and took < 2, took)
+      c:close()
+    end)
+
+    it("caps requests per connection", function()
+      local s = serve(function() return 200, "ok" end, {max_requests_per_connection = 2})
+      local c = connect(s.port)
+      c:write(req{"GET /1 HTTP/1.1", "Host: h"}, req{"GET /2 HTTP/1.1", "Host: h"},
+              req{"GET /3 HTTP/1.1", "Host: h"})
+      local st, h = read_response(c)
+      assert.equal(200, st)
+      assert.is_nil(h.connection)
+      st, h = read_response(c)
+      assert.equal(200, st)
+      assert.equal("close", h.connection)
+      assert.is_true(closed(c))
+      c:close()
+    end)
+
+    it("caps connections: the one over max_connections gets 503", function()
+      local s = serve(function() return 200, "ok" end, {max_connections = 1})
+      local c1 = connect(s.port)
+      c1:write(req{"GET / HTTP/1.1", "Host: h"})
+      assert.equal(200, read_response(c1))
+      local c2 = connect(s.port)
+      local st = read_response(c2)
+      assert.equal(503, st)
+      assert.is_true(closed(c2))
+      c2:close()
+      c1:close()
+    end)
+  end)
+
+  describe("client", function()
+    it("sends string bodies and reads length-delimited and chunked responses", function()
+      local s = serve(function(r, res)
+        local b = assert(r:body())
+        if r.path == "/chunked" then res:write(b); res:write("!"); return end
+        return 200, r.method .. ":" .. b .. ":" .. tostring(r.headers["content-length"])
+      end)
+      local res = assert(http.request{method = "post", url = url(s), body = "data",
+                                      headers = {["X-A"] = "1"}})
+      assert.equal("POST:data:4", res.body)
+      res = assert(http.request{method = "PUT", url = url(s, "/chunked"), body = "xyz"})
+      assert.equal("xyz!", res.body)
+      assert.equal("chunked", res.headers["transfer-encoding"])
+    end)
+
+    it("reads a body that ends with the connection and 1xx answers", function()
+      local srv = assert(net.listen{host = "127.0.0.1", port = 0, handler = function(c)
+        c:read_until("\r\n\r\n")
+        c:write("HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n",
+                "HTTP/1.0 200 OK\r\nX-A: b\r\n\r\nuntil the end")
+      end})
+      local res = assert(http.get(("http://127.0.0.1:%d/"):format(srv.port)))
+      srv:close()
+      assert.equal(200, res.status)
+      assert.equal("1.0", res.version)
+      assert.equal("until the end", res.body)
+    end)
+
+    it("fails with nil, message, code: refused, timeout, malformed, bad URL", function()
+      local srv = assert(net.listen{host = "127.0.0.1", port = 0})
+      local port = srv.port
+      srv:close()
+      local r, e, code = http.get(("http://127.0.0.1:%d/"):format(port))
+      assert.is_nil(r)
+      assert.equal("ECONNREFUSED", code, e)
+
+      local mute = assert(net.listen{host = "127.0.0.1", port = 0, handler = function(c)
+        c:read_until("\r\n\r\n")
+        c:set_timeout(5)
+        c:read()
+      end})
+      local t0 = tide.hrtime()
+      r, e, code = http.get(("http://127.0.0.1:%d/"):format(mute.port), {timeout = 0.2})
+      assert.is_nil(r)
+      assert.equal("ETIMEDOUT", code, e)
+      assert.is_true(tide.hrtime() - t0 < 2)
+      mute:close()
+
+      for _, garbage in ipairs{"SSH-2.0-OpenSSH\r\n\r\n", "HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n",
+                               "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+                               "HTTP/1.1 200 OK\nA: b\n\n"} do
+        local bad = assert(net.listen{host = "127.0.0.1", port = 0, handler = function(c)
+          c:read_until("\r\n\r\n")
+          c:write(garbage)
+        end})
+        r, e, code = http.get(("http://127.0.0.1:%d/"):format(bad.port), {timeout = 5})
+        bad:close()
+        assert.is_nil(r)
+        assert.equal("EPROTO", code, e)
+      end
+
+      r, e, code = http.get("ftp://example.org/")
+      assert.equal("EINVAL", code)
+      r, e, code = http.get("not a url")
+      assert.equal("EINVAL", code)
+      r, e, code = http.get("http://no-such-host.invalid/", {timeout = 5})
+      assert.is_nil(r)
+      assert.is_string(code)
+      assert.has_error(function() http.request{url = "http://a/", bogus = 1} end)
+    end)
+
+    it("follows redirects when asked, up to follow=n", function()
+      local s
+      s = serve(function(r)
+        local n = tonumber(r.path:match("^/r/(%d+)$"))
+        if n and n > 0 then return 302, "", {Location = "/r/" .. (n - 1)} end
+        if r.path == "/see" then return 303, "", {Location = url(s, "/r/0")} end
+        return 200, r.method .. " at " .. r.path
+      end)
+      local res = assert(http.get(url(s, "/r/3")))
+      assert.equal(302, res.status)
+      res = assert(http.get(url(s, "/r/3"), {follow = 3}))
+      assert.equal(200, res.status)
+      assert.equal("GET at /r/0", res.body)
+      local r, e, code = http.get(url(s, "/r/3"), {follow = 2})
+      assert.is_nil(r)
+      assert.equal("ELOOP", code, e)
+      res = assert(http.request{method = "POST", url = url(s, "/see"), body = "x", follow = 1})
+      assert.equal("GET at /r/0", res.body)
+    end)
+
+    it("pools idle connections per host up to a cap", function()
+      local ports = {}
+      local s = serve(function(r)
+        ports[#ports + 1] = r.remote_port
+        return 200, "ok"
+      end)
+      http.close_idle()
+      local cap = http.max_idle_per_host
+      http.max_idle_per_host = 2
+      -- four at once: four connections (the pool is empty when each starts)
+      local tasks = {}
+      for i = 1, 4 do tasks[i] = tide.spawn(http.get, url(s)) end
+      for i = 1, 4 do assert.is_true((tasks[i]:join(5))) end
+      local first = {}
+      for _, p in ipairs(ports) do first[p] = true end
+      -- four at once again: the two the pool kept, and two new ones
+      ports = {}
+      for i = 1, 4 do tasks[i] = tide.spawn(http.get, url(s)) end
+      for i = 1, 4 do assert.is_true((tasks[i]:join(5))) end
+      http.max_idle_per_host = cap
+      local reused = 0
+      for _, p in ipairs(ports) do
+        if first[p] then reused = reused + 1 end
+      end
+      local n = 0
+      for _ in pairs(first) do n = n + 1 end
+      assert.equal(4, n)
+      assert.equal(2, reused)
+      -- one at a time: a single pooled connection serves them all
+      ports = {}
+      for _ = 1, 3 do assert(http.get(url(s))) end
+      assert.equal(ports[1], ports[2])
+      assert.equal(ports[1], ports[3])
+    end)
+
+    it("retries once when a pooled connection was closed by the server", function()
+      local s = serve(function() return 200, "ok" end, {keepalive_timeout = 0.05})
+      assert.equal(200, assert(http.get(url(s))).status)
+      local c = connect(s.port) -- (wait for the server's idle close, as an event:
+      c:write(req{"GET / HTTP/1.1", "Host: h"}) --  a second connection's own close)
+      assert.equal(200, read_response(c))
+      assert.is_true(closed(c))
+      c:close()
+      assert.equal(200, assert(http.get(url(s))).status)
+    end)
+
+    it("talks to python3's http.server", function()
+      local dir = os.tmpname()
+      os.remove(dir)
+      assert(os.execute("mkdir " .. dir) == 0 or true)
+      S.write_file(dir .. "/hello.txt", "hello from python\n")
+      local child = process.spawn{"python3", "-u", "-m", "http.server", "0", "--bind",
+                                  "127.0.0.1", "--directory", dir, stdout = "pipe",
+                                  stderr = "null"}
+      child.stdout:set_timeout(10)
+      local line = assert(child.stdout:read_line())
+      local port = assert(tonumber(line:match("port (%d+)")), line)
+      local res = assert(http.get(("http://127.0.0.1:%d/hello.txt"):format(port), {timeout = 5}))
+      local res2 = assert(http.get(("http://127.0.0.1:%d/nope"):format(port), {timeout = 5}))
+      child:kill()
+      child:wait(5)
+      os.remove(dir .. "/hello.txt")
+      os.remove(dir)
+      assert.equal(200, res.status)
+      assert.equal("hello from python\n", res.body)
+      assert.equal(404, res2.status)
+    end)
+  end)
+
+  describe("https", function()
+    local dir
+    setup(function()
+      dir = os.tmpname()
+      os.remove(dir)
+      assert(os.execute("mkdir -p " .. S.shell_quote(dir)) == 0 or true)
+      S.write_file(dir .. "/gen.sh", [[
+set -e
+openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out ca.key 2>/dev/null
+openssl req -x509 -new -key ca.key -out ca.pem -days 30 -subj "/CN=tide http spec CA" 2>/dev/null
+openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out server.key 2>/dev/null
+openssl req -new -key server.key -out server.csr -subj "/CN=localhost" 2>/dev/null
+printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\n' > server.ext
+openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial \
+  -out server.pem -days 30 -extfile server.ext 2>/dev/null
+]])
+      local _, err, rc = S.run("sh gen.sh", dir)
+      assert(rc == 0, "making the certificates failed: " .. err)
+    end)
+    teardown(function() S.run("rm -rf " .. S.shell_quote(dir)) end)
+
+    it("serves and requests over TLS, verifying the server", function()
+      local s = serve(function(r) return 200, "secure " .. r.path end,
+                      {tls = {cert = dir .. "/server.pem", key = dir .. "/server.key"}})
+      local res = assert(http.get(("https://localhost:%d/x"):format(s.port),
+                                  {tls = {ca = dir .. "/ca.pem"}, timeout = 5}))
+      assert.equal(200, res.status)
+      assert.equal("secure /x", res.body)
+      -- pooled and reused
+      res = assert(http.get(("https://localhost:%d/y"):format(s.port),
+                            {tls = {ca = dir .. "/ca.pem"}, timeout = 5}))
+      assert.equal("secure /y", res.body)
+      -- an unknown issuer fails, with a code
+      local r, e, code = http.get(("https://127.0.0.1:%d/"):format(s.port), {timeout = 5})
+      assert.is_nil(r)
+      assert.is_string(e)
+      assert.is_string(code)
+      -- curl agrees
+      local out = curl("--cacert", dir .. "/ca.pem", ("https://localhost:%d/c"):format(s.port))
+      assert.equal("secure /c", out)
+    end)
+  end)
+
+  describe("with curl", function()
+    it("serves HTTP/1.0, reused keep-alive, chunked uploads and 100-continue", function()
+      local s = serve(function(r)
+        if r.method == "POST" or r.method == "PUT" then
+          return 200, r.version .. " body " .. #assert(r:body())
+        end
+        return 200, "v" .. r.version
+      end)
+      local out = curl("--http1.0", url(s))
+      assert.equal("v1.0", out)
+      local _, err = curl("-v", url(s, "/a"), url(s, "/b"))
+      assert.truthy(err:find("Re%-using existing connection"), err)
+      local file = os.tmpname()
+      S.write_file(file, ("0123456789"):rep(10000))
+      out = curl("-T", file, "-H", "Transfer-Encoding: chunked", url(s))
+      assert.equal("1.1 body 100000", out)
+      out, err = curl("-v", "--data-binary", "@" .. file, "-H", "Expect: 100-continue", url(s))
+      os.remove(file)
+      assert.equal("1.1 body 100000", out)
+      assert.truthy(err:find("HTTP/1.1 100 Continue", 1, true), err)
+    end)
+  end)
+end)
