@@ -29,8 +29,9 @@ build: deps
 	cmake -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=RelWithDebInfo
 	cmake --build $(BUILD) -j $(JOBS)
 
+# the example service: an HTTP server on 127.0.0.1:8080 (^C stops it)
 run: build
-	$(BUILD)/tide examples/demo.lua
+	$(BUILD)/tide examples/http_hello.lua
 
 test: build
 	cd $(BUILD) && ctest --output-on-failure

@@ -1,4 +1,4 @@
--- examples/demo.lua - what `make run` starts: timers, tasks, channels and
+-- examples/demo.lua - a tour of the core: timers, tasks, channels and
 -- the loop's phases, each step printed as it happens. Ends by itself.
 local t0 = tide.now()
 local function say(fmt, ...)

@@ -8,9 +8,11 @@
 --   curl -N http://127.0.0.1:8080/stream            (five lines, 0.2 s apart)
 --   curl --data-binary @somefile http://127.0.0.1:8080/echo
 --
--- Stop it with ^C.
+-- Stop it with ^C or SIGTERM: it stops accepting, lets the requests in
+-- flight finish (up to 10 s; /stream takes one) and exits with status 0.
 local http = require "tide.http"
 local json = require "tide.json"
+local signal = require "tide.signal"
 
 local port = tonumber(arg[1]) or 8080
 local started = tide.time()
@@ -60,16 +62,22 @@ routes["/echo"] = function(req, res)
   res:finish()
 end
 
-local server = assert(http.serve{
+-- graceful shutdown (docs/signal.md): g:add closes the server when a
+-- SIGTERM or SIGINT comes, g:track counts each request as work in flight
+local shutdown = signal.graceful{grace = 10, on_shutdown = function(name)
+  io.stderr:write(name, ": finishing the requests in flight\n")
+end}
+
+local server = shutdown:add(assert(http.serve{
   host = "127.0.0.1",
   port = port,
-  handler = function(req, res)
+  handler = shutdown:track(function(req, res)
     served = served + 1
     local route = routes[req.path]
     if not route then return 404, "no route for " .. req.path .. "\n" end
     return route(req, res)
-  end,
-})
+  end),
+}))
 
 print(("tide.http serving on http://%s:%d/ (routes: /, /json, /stream, /echo)")
   :format(server.host, server.port))

@@ -69,6 +69,9 @@ int main(int argc, char **argv) {
 
   memset(&o, 0, sizeof o);
   signal(SIGPIPE, SIG_IGN); /* a dead peer is EPIPE, not a dead process */
+  /* print's lines leave at once, to a pipe or a file too (as console.log
+   * does in Node.js), not when a block of them has filled */
+  setvbuf(stdout, NULL, _IOLBF, BUFSIZ);
   /* Started with 0, 1 or 2 closed, the first descriptors tide opens (an
    * eventfd, a socket) would take those numbers, and print or
    * tide.stdout would write into them: hold them with /dev/null. */
