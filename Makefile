@@ -31,7 +31,7 @@ build: deps
 
 # the example service: an HTTP server on 127.0.0.1:8080 (^C stops it)
 run: build
-	$(BUILD)/tide examples/http_hello.lua
+	$(BUILD)/tide examples/hello.lua
 
 test: build
 	cd $(BUILD) && ctest --output-on-failure

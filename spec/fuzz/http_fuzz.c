@@ -1,15 +1,17 @@
 /*
- * bench/http_fuzz.c - a libFuzzer harness for tide.http's parser
+ * spec/fuzz/http_fuzz.c - a libFuzzer harness for tide.http's parser
  * (modules/http.c, built in here), under ASan and UBSan. Each input goes
  * through every entry point the server and the client use, and the
  * invariants of spec/c/check_http.c are checked: results of the
  * documented shape, positions inside the buffer, and every proper prefix
  * of an accepted request head reported as incomplete.
  *
- *   clang -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined \
- *     -Ihost -Imodules bench/http_fuzz.c -o /tmp/http_fuzz $(pkg-config --cflags --libs luajit)
- *   mkdir -p /tmp/http-corpus && bench/http_fuzz_seeds.sh /tmp/http-corpus
- *   /tmp/http_fuzz -max_total_time=600 -max_len=4096 /tmp/http-corpus
+ *   CC=clang cmake -S . -B build-fuzz -DTIDE_FUZZ=ON -DFUZZ_SECONDS=600
+ *   cmake --build build-fuzz --target fuzz-http
+ *
+ * (the target builds this file with clang -fsanitize=fuzzer,address,
+ * undefined, writes the seed corpus with spec/fuzz/http_seeds.sh into
+ * build-fuzz/http-corpus and runs the fuzzer on it)
  *
  * The results of a run are recorded in docs/http.md ("The parser").
  */
@@ -17,7 +19,7 @@
 #include <stdint.h>
 #include <stdlib.h>
 
-#include "../modules/http.c"
+#include "../../modules/http.c"
 
 static lua_State *FL;
 

@@ -1,5 +1,5 @@
 #!/bin/sh
-# bench/http_fuzz_seeds.sh DIR - the seed corpus of bench/http_fuzz.c:
+# spec/fuzz/http_seeds.sh DIR - the seed corpus of spec/fuzz/http_fuzz.c:
 # valid requests, responses and chunked bodies, and the hostile requests
 # of spec/http_hostile_spec.lua, one file each.
 set -eu

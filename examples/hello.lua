@@ -1,8 +1,8 @@
--- examples/http_hello.lua - a small HTTP service on tide.http: a few
+-- examples/hello.lua - a small HTTP service on tide.http: a few
 -- routes answering plain text, JSON, a streamed response and an echo of
 -- the request body.
 --
---   build/tide examples/http_hello.lua [port]       (default 8080)
+--   build/tide examples/hello.lua [port]       (default 8080)
 --   curl http://127.0.0.1:8080/
 --   curl http://127.0.0.1:8080/json?name=tide
 --   curl -N http://127.0.0.1:8080/stream            (five lines, 0.2 s apart)
