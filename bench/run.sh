@@ -25,6 +25,8 @@
 #                     them (and the C build) for a quick run
 #   DUR=10            seconds per echo-client run (workload echo)
 #   IDLE_CONNS=10000  idle connections held open (workload idle)
+#   PROC=1            process.run{"true"} x1000, 8 at a time, beside Node's
+#                     execFile (bench/process_run.sh); PROC=0 skips it
 #   HTTP=1            the HTTP hello world (bench/http_run.sh: wrk against
 #                     tide.http, Node.js and nginx + Lua); HTTP=0 skips it
 #   CLI_CPU=1         CPU of the C load generators; the servers use CPU
@@ -520,6 +522,12 @@ fi
   fi
   echo
 } >> "$TABLES"
+
+# ---------------------------------------------------------------- processes
+if [ "${PROC:-1}" = 1 ]; then
+  log "process: bench/process_run.sh (process.run beside Node's execFile)"
+  TIDE_BIN="$TIDE" RUNS="$RUNS" "$HERE/process_run.sh" >> "$TABLES"
+fi
 
 # ---------------------------------------------------------------- HTTP hello world
 # (the peers' workload A; bench/http_run.sh measures and writes its section)
