@@ -4,7 +4,7 @@ BUILD ?= build
 ASAN_BUILD ?= build-asan
 JOBS ?= $(shell nproc)
 DEPS = gcc make cmake pkg-config luajit libluajit-5.1-dev libevent-dev \
-       libssl-dev openssl libhttp-parser-dev check lua-busted lua-cjson python3
+       libssl-dev openssl check lua-busted lua-cjson python3
 
 .PHONY: all deps build run test sanitize bench clean
 

@@ -10,6 +10,8 @@
  *      C API and building the Lua strings and headers table; http_parser
  *      with empty callbacks, the least any use of it would cost.
  *
+ *   apt-get install libhttp-parser-dev   (for this comparison only: tide
+ *                                         does not link it)
  *   cc -O2 -Ihost -Imodules bench/http_parsers.c -o /tmp/http_parsers \
  *      $(pkg-config --cflags --libs luajit) -lhttp_parser && /tmp/http_parsers
  */
