@@ -20,6 +20,14 @@
  * code runs (never inside host code, whose state it could tear), and
  * again at every later firing until the call ends, so a plugin's pcall
  * cannot keep it alive (plugin.lua's pcall also re-raises it).
+ *
+ * The hook cannot see inside one C call, so one allocation could take far
+ * more than a call's memory budget (("x"):rep(2^30)) before it fires:
+ * while a call runs, the allocator refuses any single growth larger than
+ * the budget of the call or of a call that encloses it, and than
+ * ALLOC_FLOOR (LuaJIT raises "not enough memory"). That much growth is
+ * over the budget whatever garbage a collection could free, so no call
+ * within its budget fails.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -65,6 +73,8 @@ struct tide__sandbox {
   int active;          /* budgets between C.enter and C.leave */
   int ref_names;       /* keeps the registered chunk names alive */
   int in_gc;
+  lua_Alloc alloc_f;   /* the allocator sandbox_alloc wraps, once set */
+  void *alloc_ud;
 };
 
 static struct tide__sandbox *sandbox_of(lua_State *L) {
@@ -107,6 +117,23 @@ static const src_entry *find_src(struct tide__sandbox *S, const char *src) {
 
 static int64_t mem_growth(struct tide__sandbox *S, const budget *b) {
   return b->mem_acc + (int64_t)S->h->mem_used - (int64_t)b->mem_start;
+}
+
+/* Growths up to this size always pass: a tiny budget must not make the
+ * VM's and the scheduler's own small allocations fail (the hook still
+ * counts them). */
+#define ALLOC_FLOOR ((size_t)1 << 20)
+
+/* The state's allocator while plugins are loaded: the host's, with
+ * single growths past the running call's memory budget refused. */
+static void *sandbox_alloc(void *ud, void *ptr, size_t osize, size_t nsize) {
+  struct tide__sandbox *S = ud;
+  const budget *b;
+  if (ptr == NULL) osize = 0;
+  if (nsize > osize && nsize - osize > ALLOC_FLOOR)
+    for (b = S->cur; b; b = b->prev)
+      if (nsize - osize > b->mem_limit) return NULL;
+  return S->alloc_f(S->alloc_ud, ptr, osize, nsize);
 }
 
 /* A full collection, so that garbage does not count as growth. */
@@ -181,6 +208,20 @@ static void count_hook(lua_State *L, lua_Debug *ar) {
 
 /* --- Lua functions -------------------------------------------------------- */
 
+/* seconds and bytes from Lua, clamped to what the fields hold (a cast of
+ * an out-of-range double is undefined) */
+static int64_t to_ns(double s) {
+  if (!(s > 0)) return 0;
+  if (s >= 9.2e9) return INT64_MAX;
+  return (int64_t)(s * 1e9);
+}
+
+static size_t to_bytes(double m) {
+  if (!(m > 0)) return 0;
+  if (m >= (double)(SIZE_MAX / 2)) return SIZE_MAX / 2;
+  return (size_t)m;
+}
+
 /* C.budget(name, seconds, bytes[, old]) -> budget: a new one, or old
  * (one that is not in use) made new again */
 static int l_budget(lua_State *L) {
@@ -197,8 +238,8 @@ static int l_budget(lua_State *L) {
   }
   memset(b, 0, sizeof *b);
   b->name = name; /* plugin.lua keeps p.name alive while the call runs */
-  b->limit_ns = (int64_t)(s * 1e9);
-  b->mem_limit = m > 0 ? (size_t)m : 0;
+  b->limit_ns = to_ns(s);
+  b->mem_limit = to_bytes(m);
   return 1;
 }
 
@@ -329,8 +370,8 @@ static int l_source(lua_State *L) {
     lua_pop(L, 1);
   }
   snprintf(e->name, sizeof e->name, "%s", name);
-  e->limit_ns = (int64_t)(s * 1e9);
-  e->mem_limit = m > 0 ? (size_t)m : 0;
+  e->limit_ns = to_ns(s);
+  e->mem_limit = to_bytes(m);
   update_min(S);
   return 0;
 }
@@ -340,6 +381,10 @@ static int l_source(lua_State *L) {
 static int l_hook(lua_State *L) {
   struct tide__sandbox *S = sandbox_of(L);
   if (lua_toboolean(L, 1)) {
+    if (!S->alloc_f) {
+      S->alloc_f = lua_getallocf(L, &S->alloc_ud);
+      lua_setallocf(L, sandbox_alloc, S);
+    }
     if (S->hooked++ == 0) {
       run_begin(S, tide__hrtime());
       lua_sethook(L, count_hook, LUA_MASKCOUNT, HOOK_COUNT);
@@ -359,6 +404,11 @@ static int l_memory(lua_State *L) {
 
 static int l_sandbox_gc(lua_State *L) {
   struct tide__sandbox *S = luaL_checkudata(L, 1, SANDBOX_MT);
+  void *ud;
+  /* the state is closing: its last frees go straight to the host's */
+  if (S->alloc_f && lua_getallocf(L, &ud) == sandbox_alloc && ud == S)
+    lua_setallocf(L, S->alloc_f, S->alloc_ud);
+  S->cur = NULL; /* (alloc_f stays: a wrapper set over ours still calls it) */
   if (S->h && S->h->sandbox == S) S->h->sandbox = NULL;
   free(S->srcs);
   S->srcs = NULL;

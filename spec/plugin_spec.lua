@@ -2,7 +2,8 @@
 -- loading and its errors, capabilities, every sandbox escape the threat
 -- model lists (each its own test), CPU and memory budgets, error isolation
 -- and the failure policy, reload (with migrate and calls in flight),
--- reload on file change, and unload.
+-- reload on file change, and unload; then "hostile plugins": attacks tried
+-- against the sandbox, each its own test named after what it pins.
 --
 -- Plugins are written to a temporary folder. The tests run in tide's main
 -- task, so they may wait; reloads on change are awaited through on_reload.
@@ -423,7 +424,8 @@ describe("the sandbox", function()
     local path = write("return { run = function() return #(('x'):rep(512 * 2^20)) end }")
     local out, err, rc = S.run(S.shell_quote(S.TIDE) .. " --memory-limit 128M -e " ..
       S.shell_quote(([[
-        local p = assert(require("tide.plugin").load(%q, {on_error = function() end}))
+        local p = assert(require("tide.plugin").load(%q, {on_error = function() end,
+                                                          memory = 2^30}))
         print(p:call("run"))
         print(#("y"):rep(2^20))
       ]]):format(path)))
@@ -734,5 +736,251 @@ describe("unload", function()
     assert.equal(seen, ticks)
     p:unload() -- idempotent
     assert.is_nil(p:reload())
+  end)
+end)
+
+describe("hostile plugins", function()
+  it("cannot change the host's classes through an object a granted module returns", function()
+    local path = write("line one\n")
+    local ok, r = run_in_plugin([[
+      local f = assert(fs.open(...))
+      assert(f.__index == nil, "the class is reachable through __index")
+      assert(getmetatable(f) == nil)
+      local ok, e = pcall(setmetatable, f, nil)
+      assert(not ok and e:find("did not make", 1, true), tostring(e))
+      f.read = function() return "evil" end -- the plugin's own view only
+      rawset(f, 1, false)
+      local w = assert(fs.watch("/tmp", function() end))
+      assert(w.__index == nil)
+      w:close()
+      return tostring(f)
+    ]], {grants = {"fs.read"}}, path)
+    assert.is_true(ok, r)
+    local f = assert(fs.open(path))
+    assert.equal("line", f:read(4))
+    f:close()
+  end)
+
+  it("cannot change the metatable of a host value handed to a hook", function()
+    local obj = setmetatable({}, {__index = function() return "host" end})
+    local ok, err = run_in_plugin("setmetatable(..., nil) return true", nil, obj)
+    assert.is_nil(ok)
+    assert.truthy(err:find("did not make", 1, true), err)
+    assert.equal("host", obj.anything)
+  end)
+
+  it("gives a granted module's callbacks proxies, and closes what it opened on unload", function()
+    local p = load([[
+      local sv
+      return {
+        listen = function()
+          sv = assert(net.listen{host = "127.0.0.1", port = 0, handler = function(conn)
+            conn:write(tostring(conn.__index), "\n")
+          end})
+          return sv.port
+        end,
+      }
+    ]], quiet{grants = {"net"}})
+    local ok, port = p:call("listen")
+    assert.is_true(ok, port)
+    local net = require "tide.net"
+    local c = assert(net.connect{host = "127.0.0.1", port = port, timeout = 5})
+    assert.equal("nil", c:read_line())
+    c:close()
+    p:unload()
+    local c2, err, code = net.connect{host = "127.0.0.1", port = port, timeout = 5}
+    assert.is_nil(c2, "the plugin's server outlived it")
+    assert.equal("ECONNREFUSED", code, err)
+  end)
+
+  it("closes what an older version opened when unloaded after a reload", function()
+    local p = load([[
+      return { listen = function()
+        return assert(net.listen{host = "127.0.0.1", port = 0,
+                                 handler = function() end}).port
+      end }
+    ]], quiet{grants = {"net"}})
+    local ok, port = p:call("listen")
+    assert.is_true(ok, port)
+    assert.is_true(p:reload())
+    p:unload()
+    local c, err, code = require("tide.net").connect{host = "127.0.0.1", port = port, timeout = 5}
+    assert.is_nil(c, "the old version's server outlived the plugin")
+    assert.equal("ECONNREFUSED", code, err)
+  end)
+
+  it("stops the version a concurrent reload installed while migrate waited", function()
+    local started, gate, beacons = tide.channel(1), tide.channel(1), tide.channel(64)
+    plugin.define("hold", function() return function()
+      started:send(true)
+      return gate:recv(5)
+    end end)
+    plugin.define("tick", function() return function() beacons:send(true) end end)
+    local path = write("return {}")
+    local p = assert(plugin.load(path, quiet{grants = {"hold", "tick", "timer"}}))
+    S.write_file(path, "return { migrate = function() hold() end }")
+    local slow = tide.spawn(function() return p:reload() end)
+    assert.is_true(started:recv(5))
+    S.write_file(path, "tide.every(0.005, tick) return {}")
+    assert.is_true(p:reload())
+    assert.is_true(beacons:recv(5))
+    gate:send(true)
+    assert.same({true, true}, {slow:join(5)})
+    while beacons:recv(0) do end
+    assert.is_nil(beacons:recv(0.1), "the replaced version's timer still fires")
+    p:unload()
+  end)
+
+  it("runs no plugin code when a granted module reads the tables it is given", function()
+    local ok, ran = run_in_plugin([[
+      local ran = 0
+      local tls = setmetatable({}, {__index = function() ran = ran + 1 end})
+      pcall(net.connect, {host = "127.0.0.1", port = 1, timeout = 1, tls = {ca = tls}})
+      pcall(net.connect, {host = "127.0.0.1", port = 1, timeout = 1, tls = tls})
+      return ran
+    ]], {grants = {"net"}})
+    assert.is_true(ok, ran)
+    assert.equal(0, ran)
+  end)
+
+  it("refuses one allocation larger than its call's memory budget", function()
+    local secs, r = elapsed(function()
+      return run_in_plugin([[
+        local ok, e = pcall(function() return #("x"):rep(2^28) end)
+        local ok2, e2 = pcall(function() return #(("x"):rep(2^21):gsub("x", "yyyyyyyyyy")) end)
+        return tostring(e) .. " | " .. tostring(e2) .. " | " .. #("z"):rep(2^20)
+      ]], {memory = 8 * 2^20})
+    end)
+    assert.is_true(r[1], r[2])
+    assert.equal("not enough memory | not enough memory | 1048576", r[2])
+    assert.is_true(secs < 1, "took " .. secs)
+    -- the host's own allocations stay as large as it likes
+    assert.equal(2^26, #("h"):rep(2^26))
+  end)
+
+  it("refuses a file larger than its memory budget before reading it", function()
+    local path = write("return {}\n--" .. ("x"):rep(70000))
+    local p, err = plugin.load(path, {memory = 65536})
+    assert.is_nil(p)
+    assert.truthy(err:find(path, 1, true), err)
+    assert.truthy(err:find("EFBIG", 1, true), err)
+    assert.truthy(plugin.load(path, {memory = 2^20}))
+  end)
+
+  it("stops load with a reader that never ends, within the budgets", function()
+    local secs, r = elapsed(function()
+      return run_in_plugin("return load(os.date)", {budget = 0.1, memory = 2^40})
+    end)
+    assert.is_nil(r[1])
+    assert.truthy(r[2]:find("CPU budget", 1, true), r[2])
+    assert.is_true(secs < 0.5, "took " .. secs)
+    local ok, err = run_in_plugin("return load(os.date)", {budget = 10, memory = 2^20})
+    assert.is_nil(ok)
+    assert.truthy(err:find("not enough memory", 1, true), err)
+  end)
+
+  it("proxies a program's objects but leaves them open at unload", function()
+    local Res = {}
+    Res.__index = Res
+    function Res:close() self.closed = true end
+    function Res:name() return "res" end
+    local res = setmetatable({}, Res)
+    plugin.define("shared", {get = function() return res end})
+    local p = load([[
+      local r
+      return { run = function()
+        r = shared.get()
+        assert(r.__index == nil and getmetatable(r) == nil)
+        local real = r:name()
+        r.name = function() return "evil" end -- the plugin's proxy only
+        return real, r:name()
+      end }
+    ]], {grants = {"shared"}})
+    assert.same({true, "res", "evil"}, {p:call("run")})
+    assert.equal("res", res:name())
+    p:unload()
+    assert.is_nil(res.closed, "unload closed a program's object")
+  end)
+
+  it("keeps changes to a granted module to the plugin that made them", function()
+    local ok, r = run_in_plugin([[
+      json.encode = function() return "evil" end
+      json.encode_max_depth(1)
+      net.connect = nil
+      fs.read_file = nil
+      return true
+    ]], {grants = {"json", "net", "fs.read"}})
+    assert.is_true(ok, r)
+    ok, r = run_in_plugin([[
+      return json.encode({{1}}) .. type(net.connect) .. type(fs.read_file)
+    ]], {grants = {"json", "net", "fs.read"}})
+    assert.is_true(ok, r)
+    assert.equal("[[1]]functionfunction", r)
+    assert.equal("[[1]]", require("cjson").encode({{1}}))
+    assert.is_function(require("tide.net").connect)
+  end)
+
+  it("takes budgets too large to count as no limit", function()
+    local ok, r = run_in_plugin("local x = 0 for i = 1, 1e5 do x = x + i end return x",
+                                {budget = 1e300, memory = 1e300})
+    assert.is_true(ok, r)
+    assert.equal(5000050000, r)
+  end)
+
+  it("leaves nothing running when its file fails to load", function()
+    local ch = tide.channel(4)
+    plugin.define("beacon", function() return function(x) ch:send(x) end end)
+    local path = write([[
+      tide.spawn(function() tide.sleep(0.01) beacon("task") end)
+      tide.after(0.01, function() beacon("timer") end)
+      error("broken at load")
+    ]])
+    local p, err = plugin.load(path, {grants = {"beacon", "timer"}})
+    assert.is_nil(p)
+    assert.truthy(err:find("broken at load", 1, true), err)
+    assert.is_nil(ch:recv(0.2), "code of a plugin that failed to load still runs")
+    path = write([[
+      tide.spawn(function() tide.sleep(0.01) beacon("task") end)
+      return 42
+    ]])
+    assert.is_nil(plugin.load(path, {grants = {"beacon"}}))
+    assert.is_nil(ch:recv(0.2), "code of a plugin that returned garbage still runs")
+  end)
+
+  it("counts the separator in string.rep's size check", function()
+    local ok, err = run_in_plugin("return #string.rep('', 2^22, ('x'):rep(16))",
+                                  {memory = 8 * 2^20})
+    assert.is_nil(ok)
+    assert.truthy(err:find("not enough memory", 1, true), err)
+  end)
+
+  it("hands the host only messages from its tasks' and timers' error objects", function()
+    local errors = tide.channel(4)
+    tide.on_error(function(err) errors:send(err) end)
+    local ok, r = run_in_plugin([[
+      local bad = setmetatable({}, {__tostring = function() while true do end end})
+      tide.spawn(function() error(bad) end)
+      tide.after(0.001, function() error(bad) end)
+      return "armed"
+    ]], {grants = {"timer"}, budget = 0.05})
+    assert.is_true(ok, r)
+    local e1, e2 = errors:recv(5), errors:recv(5)
+    tide.on_error(nil)
+    assert.equal("string", type(e1))
+    assert.equal("string", type(e2))
+    assert.truthy(e1:find("(error object is a table value)", 1, true), e1)
+  end)
+
+  it("ends a call that waits past the plugin's timeout", function()
+    local p = load("return { wait = function() tide.sleep(10) end, quick = function() return 1 end }",
+                   quiet{timeout = 0.05})
+    local secs, r = elapsed(function() return p:call("wait") end)
+    assert.is_nil(r[1])
+    assert.truthy(r[2]:find("did not return within 0.05 s", 1, true), r[2])
+    assert.is_true(secs < 1, "took " .. secs)
+    assert.equal(1, p.failures)
+    assert.same({true, 1}, {p:call("quick")})
+    assert.has_error(function() plugin.load(p.path, {timeout = 0}) end)
+    assert.has_error(function() plugin.load(p.path, {timeout = true}) end)
   end)
 end)

@@ -17,6 +17,7 @@ local type, pairs, next, select, error, pcall, xpcall, tostring, unpack =
 local rawget, rawset, rawequal, setmetatable, getmetatable =
   rawget, rawset, rawequal, setmetatable, getmetatable
 local setfenv, loadstring, tonumber = setfenv, loadstring, tonumber
+local hrtime = tide.hrtime
 local traceback, raw_getmetatable = debug.traceback, debug.getmetatable
 local C_budget, C_enter, C_leave, C_killed =
   C.budget, C.enter, C.leave, C.killed
@@ -30,6 +31,9 @@ Plugin.__index = Plugin
 local DEFAULT_BUDGET = 1            -- CPU seconds per call
 local DEFAULT_MEMORY = 64 * 2^20    -- bytes a call may grow the heap by
 local DEFAULT_MAX_FAILURES = 5
+-- no wall-clock limit by default: tide.timeout costs about as much as the
+-- rest of a call
+local DEFAULT_TIMEOUT = false
 local WATCH_DELAY = 0.05            -- a burst of file events, one reload
 
 local function argerror(n, fname, msg)
@@ -135,6 +139,23 @@ local function join_result(ok, e, ...)
   return ok, e, ...
 end
 
+-- fn for the host to call on its own (a task's body, a timer's callback,
+-- a callback given to a granted module): what it raises reaches the host
+-- as a string (the host's reporter would call tostring on an error object,
+-- running the plugin's __tostring where nothing bounds it) or as the
+-- cancellation it is
+local function settle(ok, ...)
+  if ok then return ... end
+  local e = ...
+  if is_cancel(e) then error(e, 0) end
+  error(message(e), 0)
+end
+
+local function guard(fn)
+  if type(fn) ~= "function" then return fn end -- the host's check says so
+  return function(...) return settle(xpcall(fn, handler, ...)) end
+end
+
 -- Proxies for the scheduler's objects: a plugin gets methods, never the
 -- tables the scheduler keeps its state in.
 local function task_proxy(t)
@@ -175,11 +196,12 @@ local function tide_table(v)
   return {
     spawn = function(fn, ...)
       check_fn(fn, 1, "spawn")
-      local t = tide.spawn(fn, ...)
+      local t = tide.spawn(guard(fn), ...)
       tasks[t] = true
       return task_proxy(t)
     end,
-    sleep = tide.sleep, yield = tide.yield, next = tide.next,
+    sleep = tide.sleep, yield = tide.yield,
+    next = function(fn, ...) return tide.next(guard(fn), ...) end,
     timeout = tide.timeout, now = tide.now, time = tide.time,
     hrtime = tide.hrtime,
     channel = function(n) return channel_proxy(tide.channel(n)) end,
@@ -187,8 +209,8 @@ local function tide_table(v)
     local t = env.tide
     local function timer(name)
       local f = tide[name]
-      t[name] = function(...)
-        local tm = f(...)
+      t[name] = function(s, fn, ...)
+        local tm = f(s, guard(fn), ...)
         timers[tm] = true
         return timer_proxy(tm)
       end
@@ -196,11 +218,175 @@ local function tide_table(v)
     timer("after")
     timer("every")
     local imm = tide.immediate
-    t.immediate = function(...)
-      local m = imm(...)
+    t.immediate = function(fn, ...)
+      local m = imm(guard(fn), ...)
       timers[m] = true
       return {stop = function() return m:stop() end}
     end
+  end
+end
+
+-- The membrane: what granted modules return (and pass to the plugin's
+-- callbacks) reaches the plugin through proxies, never as the host's own
+-- tables or userdata; a method reached through a proxy is a wrapper. Else
+-- `conn.__index.read = evil` would change the class every connection of
+-- the host uses, and `rawset(conn, i, x)` would tear a host object's state.
+-- Proxies hand out reads of public fields only: keys that are not strings,
+-- or begin with "_", read as nil; tables read through them are proxies
+-- too; writes go to the proxy itself.
+local function membrane(handles)
+  local to_real = setmetatable({}, {__mode = "k"})     -- proxy -> value
+  local to_proxy = setmetatable({}, {__mode = "kv"})   -- value -> proxy
+  local fn_out = setmetatable({}, {__mode = "kv"})     -- host fn -> wrapper
+  local out_fn = setmetatable({}, {__mode = "k"})      -- wrapper -> host fn
+  local fn_in = setmetatable({}, {__mode = "kv"})      -- plugin fn -> wrapper
+  local in_fn = setmetatable({}, {__mode = "k"})       -- wrapper -> plugin fn
+  local outward, wrap_out, wrap_in, proxy
+
+  local function pack(...) return {n = select("#", ...), ...} end
+
+  -- a host value on its way to the plugin. read: it was read through a
+  -- proxy (plain tables get a proxy too); else it was returned by a
+  -- granted function or passed to a callback of the plugin's (a host
+  -- object is then the plugin's, closed when it is unloaded)
+  function outward(x, read)
+    local tx = type(x)
+    if tx == "function" then return in_fn[x] or wrap_out(x) end
+    if tx == "userdata" then
+      if raw_getmetatable(x) == nil then return x end -- json.null and the like
+      return proxy(x, read)
+    end
+    if tx == "table" and to_real[x] == nil and
+       (read or raw_getmetatable(x) ~= nil) then
+      return proxy(x, read)
+    end
+    return x
+  end
+
+  -- a plugin value on its way to the host: a proxy becomes what it stands
+  -- for, a function is wrapped (the host calls it with host values), a
+  -- table goes as a copy without metatables (no plugin code runs when the
+  -- host reads it), its keys and values so converted; seen: the copies
+  -- made so far for this call
+  local function inward(x, seen)
+    local tx = type(x)
+    if tx == "table" then
+      local r = to_real[x]
+      if r ~= nil then return r end
+      local c = seen[x]
+      if c then return c end
+      c = {}
+      seen[x] = c
+      for k, val in next, x do c[inward(k, seen)] = inward(val, seen) end
+      return c
+    elseif tx == "function" then
+      return out_fn[x] or wrap_in(x)
+    end
+    return x
+  end
+
+  local function out_all(t)
+    for i = 1, t.n do t[i] = outward(t[i], false) end
+    return unpack(t, 1, t.n)
+  end
+  local function in_all(t)
+    local seen
+    for i = 1, t.n do
+      local x = t[i]
+      if type(x) == "table" or type(x) == "function" then
+        seen = seen or {}
+        t[i] = inward(x, seen)
+      end
+    end
+    return unpack(t, 1, t.n)
+  end
+
+  -- without a table for the common cases: few values, none to convert
+  local function out_few(...)
+    local n = select("#", ...)
+    if n == 0 then return end
+    if n == 1 then return (outward((...), false)) end
+    if n == 2 then
+      local a, b = ...
+      return outward(a, false), outward(b, false)
+    end
+    if n == 3 then
+      local a, b, c = ...
+      return outward(a, false), outward(b, false), outward(c, false)
+    end
+    return out_all(pack(...))
+  end
+  local function plain(...)
+    for i = 1, select("#", ...) do
+      local t = type((select(i, ...)))
+      if t == "table" or t == "function" then return false end
+    end
+    return true
+  end
+
+  function wrap_out(f)
+    local w = fn_out[f]
+    if w then return w end
+    w = function(...)
+      local a = ...
+      local ta = type(a)
+      if ta == "table" then -- a method called on a proxy
+        local r = to_real[a]
+        if r ~= nil and plain(select(2, ...)) then
+          return out_few(f(r, select(2, ...)))
+        end
+      elseif ta ~= "function" and plain(select(2, ...)) then
+        return out_few(f(...))
+      end
+      return out_few(f(in_all(pack(...))))
+    end
+    fn_out[f] = w
+    out_fn[w] = f
+    return w
+  end
+
+  function wrap_in(f)
+    local w = fn_in[f]
+    if w then return w end
+    local g = guard(f)
+    w = function(...) return in_all(pack(g(out_few(...)))) end
+    fn_in[f] = w
+    in_fn[w] = f
+    return w
+  end
+
+  local P = {
+    __index = function(px, k)
+      -- the public fields and methods only: internals live in array
+      -- slots and "_" fields, metamethods in "__" ones
+      if type(k) ~= "string" or k:byte(1) == 95 then return nil end
+      return outward(to_real[px][k], true)
+    end,
+    __tostring = function(px) return tostring(to_real[px]) end,
+  }
+  function proxy(x, read)
+    local px = to_proxy[x]
+    if not px then
+      px = setmetatable({}, P)
+      to_real[px] = x
+      to_proxy[x] = px
+    end
+    if not read and handles then handles[x] = true end
+    return px
+  end
+
+  return function(t) -- a module's copy: its functions wrapped, in place
+    local seen = {}
+    local function walk(m)
+      if seen[m] then return end
+      seen[m] = true
+      for k, val in next, m do
+        if type(val) == "function" then m[k] = wrap_out(val)
+        elseif type(val) == "table" then walk(val) end
+      end
+    end
+    walk(t)
+    return t
   end
 end
 
@@ -209,15 +395,15 @@ end
 local capabilities = {}
 
 local function module_grant(var, modname, skip)
-  return function(env)
-    env[var] = copy(require(modname), skip)
+  return function(env, p, v)
+    env[var] = v.wrap(copy(require(modname), skip))
   end
 end
 
 capabilities.net = module_grant("net", "tide.net")
 capabilities.dns = module_grant("dns", "tide.dns", {configure = true})
 capabilities.fs = module_grant("fs", "tide.fs")
-capabilities["fs.read"] = function(env)
+capabilities["fs.read"] = function(env, p, v)
   local r = {}
   for _, k in ipairs{"read_file", "stat", "lstat", "exists", "readdir",
                      "realpath", "readlink", "watch"} do
@@ -229,7 +415,7 @@ capabilities["fs.read"] = function(env)
     end
     return fs.open(path, "r")
   end
-  env.fs = r
+  env.fs = v.wrap(r)
 end
 capabilities.json = function(env)
   local ok, cjson = pcall(require, "cjson")
@@ -268,7 +454,7 @@ function plugin.define(name, value)
     argerror(1, "define", "string expected, got " .. type(name))
   end
   if type(value) == "table" then
-    capabilities[name] = function(env) env[name] = copy(value) end
+    capabilities[name] = function(env, p, v) env[name] = v.wrap_program(copy(value)) end
   elseif type(value) == "function" then
     capabilities[name] = function(env, p) env[name] = value(p) end
   else
@@ -290,7 +476,9 @@ local function make_env(p, v)
   local str = copy(string, {dump = true})
   local rep = string.rep
   str.rep = function(s, n, sep)
-    local len = #tostring(s) * (tonumber(n) or 0)
+    n = tonumber(n) or 0
+    local len = #tostring(s) * n
+    if sep ~= nil and n > 1 then len = len + #tostring(sep) * (n - 1) end
     if len > p.memory then error("not enough memory", 2) end
     return rep(s, n, sep)
   end
@@ -358,6 +546,12 @@ local function make_env(p, v)
   -- metatables: a plugin sees only those it set itself
   local own = setmetatable({}, {__mode = "k"})
   env.setmetatable = function(t, mt)
+    -- a table of the host's (a value handed to a hook) keeps its own
+    local cur = type(t) == "table" and raw_getmetatable(t)
+    if cur and not own[cur] then
+      error("bad argument #1 to 'setmetatable' (cannot change the metatable " ..
+            "of a value the plugin did not make)", 2)
+    end
     local r = setmetatable(t, mt)
     if mt ~= nil then own[mt] = true end
     return r
@@ -376,11 +570,22 @@ local function make_env(p, v)
   -- text chunks only, in this plugin's environment, with the JIT off
   local function load_text(chunk, chunkname, mode, fenv)
     if type(chunk) == "function" then
-      local parts, n = {}, 0
+      -- a loop of the host's, which the hook does not stop when the
+      -- reader is a host function too (load(os.date) never ends): it
+      -- checks the budgets itself, the CPU one as wall time of the loop
+      local parts, n, size = {}, 0, 0
+      local t0 = hrtime()
       while true do
         local piece = chunk()
         if piece == nil or piece == "" then break end
         if type(piece) ~= "string" then return nil, "reader function must return a string" end
+        local k = C_killed()
+        if not k and hrtime() - t0 > p.budget then
+          k = ("plugin '%s' ran out of its CPU budget (%g s)"):format(p.name, p.budget)
+        end
+        if k then error(k, 0) end
+        size = size + #piece
+        if size > p.memory then error("not enough memory", 2) end
         n = n + 1
         parts[n] = piece
       end
@@ -401,6 +606,7 @@ local function make_env(p, v)
     setfenv(f, type(fenv) == "table" and fenv or env)
     return f
   end
+  jit.off(load_text)
   env.load = load_text
   env.loadstring = function(s, name) return load_text(s, name) end
 
@@ -411,6 +617,10 @@ local function make_env(p, v)
     stderr:write("[", p.name, "] ", table.concat(parts, "\t"), "\n")
   end
 
+  -- host objects tide's modules open for the plugin are its own, closed
+  -- at unload; those a program's capability hands it are the program's
+  v.wrap = membrane(v.handles)
+  v.wrap_program = membrane(nil)
   local t, add_timers = tide_table(v)
   env.tide = t
   v.add_timers = add_timers
@@ -444,10 +654,29 @@ end
 
 -- loading ----------------------------------------------------------------------
 
+local function stop_version(v, tasks_too)
+  for tm in pairs(v.timers) do pcall(tm.stop, tm) end
+  if tasks_too then
+    -- what its granted modules opened for it: sockets, servers, files,
+    -- watchers (a value without a close method is left alone)
+    for x in pairs(v.handles) do
+      pcall(function() local close = x.close; close(x) end)
+    end
+    for t in pairs(v.tasks) do
+      local s = t:status()
+      if s == "ready" or s == "waiting" or s == "running" then
+        pcall(t.cancel, t, "plugin unloaded")
+      end
+    end
+  end
+end
+
 -- A version of p: its file compiled in a new environment and run; returns
 -- the version, or nil and a message naming the file (and line).
 local function compile(p)
-  local src, err = fs.read_file(p.path)
+  -- the file is read and compiled outside any budget: one larger than the
+  -- plugin's memory budget is refused before it is read
+  local src, err = fs.read_file(p.path, {max = math.floor(math.min(p.memory, 2^30))})
   if not src then return nil, p.path .. ": " .. tostring(err) end
   if src:byte(1) == 27 then
     return nil, p.path .. ": a binary chunk (plugins load text only)"
@@ -458,7 +687,8 @@ local function compile(p)
   if not chunk then return nil, err end
   jit.off(chunk, true)
   local v = {tasks = setmetatable({}, {__mode = "k"}),
-             timers = setmetatable({}, {__mode = "k"})}
+             timers = setmetatable({}, {__mode = "k"}),
+             handles = setmetatable({}, {__mode = "k"})}
   local ok, env = pcall(make_env, p, v)
   if not ok then return nil, p.path .. ": " .. message(env) end
   setfenv(chunk, env)
@@ -469,34 +699,28 @@ local function compile(p)
     C.hook(true)
     tide._slice_hook(C.slice)
   end
+  -- a version that does not load leaves nothing running: the tasks,
+  -- timers and handles its code made while it ran are ended
+  local function fail(e)
+    stop_version(v, true)
+    return nil, e
+  end
   local hooks
   ok, hooks = run_budgeted(p, chunk)
-  if not ok then return nil, hooks end
+  if not ok then return fail(hooks) end
   if type(hooks) ~= "table" then
-    return nil, p.path .. ": the plugin returned " .. type(hooks) ..
-                ", not a table of hooks"
+    return fail(p.path .. ": the plugin returned " .. type(hooks) ..
+                ", not a table of hooks")
   end
   for k, f in next, hooks do
     if type(f) ~= "function" and k ~= "state" then
-      return nil, ("%s: hook %s is a %s, not a function"):format(
+      return fail(("%s: hook %s is a %s, not a function"):format(
         p.path, type(k) == "string" and "'" .. k .. "'" or "(a " .. type(k) .. " key)",
-        type(f))
+        type(f)))
     end
   end
   v.hooks = hooks
   return v
-end
-
-local function stop_version(v, tasks_too)
-  for tm in pairs(v.timers) do pcall(tm.stop, tm) end
-  if tasks_too then
-    for t in pairs(v.tasks) do
-      local s = t:status()
-      if s == "ready" or s == "waiting" or s == "running" then
-        pcall(t.cancel, t, "plugin unloaded")
-      end
-    end
-  end
 end
 
 local function check_opts(opts)
@@ -507,13 +731,23 @@ local function check_opts(opts)
   local allowed = {name = "string", grants = "table", budget = "number",
                    memory = "number", on_error = "function",
                    max_failures = "number", watch = "boolean",
-                   on_reload = "function", log = "function"}
+                   on_reload = "function", log = "function",
+                   timeout = {number = true, boolean = true}}
   for k, v in pairs(opts) do
     local want = allowed[k]
     if not want then argerror(2, "load", "unknown option '" .. tostring(k) .. "'") end
-    if type(v) ~= want then
+    if type(want) == "table" then
+      if not want[type(v)] then
+        argerror(2, "load", ("option '%s': number or false expected, got %s"):format(
+          k, type(v)))
+      end
+    elseif type(v) ~= want then
       argerror(2, "load", ("option '%s': %s expected, got %s"):format(k, want, type(v)))
     end
+  end
+  local to = opts.timeout
+  if to == true or (type(to) == "number" and not (to > 0)) then
+    argerror(2, "load", "option 'timeout' must be a positive number of seconds or false")
   end
   if opts.budget and not (opts.budget > 0 and opts.budget < math.huge) then
     argerror(2, "load", "option 'budget' must be a positive number of seconds")
@@ -561,6 +795,7 @@ function plugin.load(path, opts)
     budget = opts.budget or DEFAULT_BUDGET,
     memory = opts.memory or DEFAULT_MEMORY,
     max_failures = opts.max_failures or DEFAULT_MAX_FAILURES,
+    timeout = opts.timeout == nil and DEFAULT_TIMEOUT or opts.timeout,
     on_error = opts.on_error, on_reload = opts.on_reload, log = opts.log,
     load_name = "=plugin " .. name .. " (load)",
     _status = "loading",
@@ -610,6 +845,13 @@ local check_plugin = function(self, fname)
   end
 end
 
+-- a call's result through tide.timeout: a hook that waited past the
+-- plugin's timeout failed
+local function timed(p, to, ok, ...)
+  if ok then return ... end
+  return false, ("plugin '%s' did not return within %g s"):format(p.name, to)
+end
+
 local function call_done(p, hook, ok, ...)
   if ok then return true, ... end
   local err = ...
@@ -634,7 +876,11 @@ function Plugin:call(hook, ...)
   if type(fn) ~= "function" then
     return nil, ("plugin '%s' has no hook '%s'"):format(self.name, message(hook))
   end
-  return call_done(self, hook, run_budgeted(self, fn, ...))
+  local to = self.timeout
+  if not to or to == math.huge then
+    return call_done(self, hook, run_budgeted(self, fn, ...))
+  end
+  return call_done(self, hook, timed(self, to, tide.timeout(to, run_budgeted, self, fn, ...)))
 end
 
 -- p:has(hook) -> whether the current version has that hook
@@ -666,11 +912,17 @@ function Plugin:reload()
     stop_version(v, true)
     return nil, ("plugin '%s' is unloaded"):format(self.name)
   end
+  -- another reload may have taken over while this one compiled or
+  -- migrated: the version replaced is the one current now
+  old = self.version
   self.version = v
   self.failures = 0
   self.reloads = self.reloads + 1
   self._status = "loaded"
   stop_version(old, false) -- its timers; its tasks finish
+  -- ... and, with what it opened, end at unload()
+  for t in pairs(old.tasks) do v.tasks[t] = true end
+  for x in pairs(old.handles) do v.handles[x] = true end
   return true
 end
 
@@ -695,5 +947,6 @@ end
 plugin.DEFAULT_BUDGET = DEFAULT_BUDGET
 plugin.DEFAULT_MEMORY = DEFAULT_MEMORY
 plugin.DEFAULT_MAX_FAILURES = DEFAULT_MAX_FAILURES
+plugin.DEFAULT_TIMEOUT = DEFAULT_TIMEOUT
 
 return plugin
