@@ -498,6 +498,21 @@ describe("tasks", function()
       assert.truthy(err:find("boom in timer", 1, true), err)
     end)
 
+    -- regression: the fallback report called tostring on the error
+    -- object outside a pcall, so a __tostring that raised ended tide
+    it("survives an error object whose __tostring raises", function()
+      local out, err, rc = run_child([[
+        local bad = setmetatable({}, {__tostring = function() error("no") end})
+        tide.spawn(function() error(bad) end)
+        tide.sleep(0.01)
+        print("still alive")
+        error(bad)
+      ]])
+      assert.equal(1, rc, err)
+      assert.equal("still alive\n", out)
+      assert.truthy(err:find("(a table error object whose __tostring failed)", 1, true), err)
+    end)
+
     it("survives an on_error handler that fails", function()
       local out, err, rc = run_child([[
         tide.on_error(function() error("handler broke") end)

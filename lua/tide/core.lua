@@ -211,6 +211,14 @@ end
 
 -- reporting ---------------------------------------------------------------------
 
+-- tostring that cannot raise: an error object whose __tostring fails is
+-- named by its type (the reporting below must not fail in its turn)
+local function safe_tostring(v)
+  local ok, s = pcall(tostring, v)
+  if ok and type(s) == "string" then return s end
+  return "(a " .. type(v) .. " error object whose __tostring failed)"
+end
+
 local function default_handler(err, task)
   stderr:write("tide: error in ", task and tostring(task) or "a callback",
                ": ", tostring(err), "\n")
@@ -219,8 +227,8 @@ end
 local function report(err, task)
   local ok, e = pcall(error_handler or default_handler, err, task)
   if not ok then
-    stderr:write("tide: error in on_error handler: ", tostring(e),
-                 "\nwhile reporting: ", tostring(err), "\n")
+    stderr:write("tide: error in on_error handler: ", safe_tostring(e),
+                 "\nwhile reporting: ", safe_tostring(err), "\n")
   end
 end
 
@@ -391,7 +399,7 @@ local function finish_results(t, ok, ...)
 end
 
 local function main_failed(e)
-  stderr:write("tide: ", tostring(e), "\n")
+  stderr:write("tide: ", safe_tostring(e), "\n")
   exiting = true
   C.exit(1)
 end
@@ -541,7 +549,7 @@ end
 -- fn(...) in the main state: the scheduler's own callbacks, which never wait
 local function run_direct(fn, ...)
   local ok, e = pcall(fn, ...)
-  if not ok then stderr:write("tide: internal error: ", tostring(e), "\n") end
+  if not ok then stderr:write("tide: internal error: ", safe_tostring(e), "\n") end
   drain()
 end
 
