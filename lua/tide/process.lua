@@ -287,15 +287,16 @@ local function collect(ch, rout, rerr, deadline)
     ch:wait()
   end
   result.code, result.signal = status, sig
-  for _, r in ipairs({{"stdout", rout}, {"stderr", rerr}}) do
-    local t = r[2]
+  for i = 1, 2 do
+    local name, t = "stdout", rout
+    if i == 2 then name, t = "stderr", rerr end
     if t then
       local d, re, rc = joined(t:join(remaining(deadline)))
       if d == nil and not failed then
         failed, fcode = re, rc
         if rc == "ETIMEDOUT" then failed = "timed out" end
       end
-      result[r[1]] = d
+      result[name] = d
     end
   end
   if failed then
