@@ -7,8 +7,10 @@
  * (lua/tide/net.lua), which checks arguments and does the waiting:
  *
  *   s_read(s, kind, a, b)  -> data | nil (end) | nil, msg, code
- *                           | false (parked: wait on the read waiter)
+ *                           | false (parked: wait on the read waiter, which
+ *                             is woken with the read's own results)
  *                           | false, true (another task's read is parked)
+ *   s_some(s, n)           -> s_read(s, 1, n)
  *   s_write(s, pos, ...)   -> true | nil, msg, code
  *                           | false, pos (parked; pos bytes taken so far)
  *                           | false, -1 (another task's write is parked)
@@ -29,9 +31,12 @@
  * waits on the direction's waiter: it is set just before the Lua half
  * calls tide._await, and cleared by the wake-up, by the waiter's close()
  * (timeout, cancel; tide._await also closes a waiter whose wait cannot
- * begin) and by close(). So a wake-up always reaches its task, and a read
- * that must wait for "any data" gets that data handed over directly,
- * without passing through the input buffer.
+ * begin) and by close(). So a wake-up always reaches its task, and the
+ * read is finished by the wake-up itself (its task gets the read's
+ * results; a read that waits for "any data" gets that data directly,
+ * without passing through the input buffer). The task usually waits on
+ * the stream again before the wake-up returns, so the anchor is let go
+ * only after it (settle).
  *
  * While a stream has a parked operation, or flushes in the background
  * after close(), its userdata is anchored (it outlives any Lua reference)
@@ -221,8 +226,21 @@ static void disarm_read(tide__stream *s) {
   }
 }
 
+static void on_writable(evutil_socket_t fd, short what, void *arg);
+
+/* The write event is made when first needed: most streams never wait
+ * for room in the kernel's buffer, and an idle connection is smaller
+ * without it. 0, or -1 (memory). */
+static int need_wev(tide__stream *s) {
+  if (s->wev) return 0;
+  s->wev = event_new(s->h->base, s->fd, EV_WRITE | EV_PERSIST, on_writable, s);
+  return s->wev ? 0 : -1;
+}
+
 static void arm_write(tide__stream *s) {
-  if (!s->warmed && s->fd >= 0 && event_add(s->wev, NULL) == 0) s->warmed = 1;
+  if (!s->warmed && s->fd >= 0 && need_wev(s) == 0 &&
+      event_add(s->wev, NULL) == 0)
+    s->warmed = 1;
 }
 
 static void disarm_write(tide__stream *s) {
@@ -268,6 +286,10 @@ static void clear_read(tide__stream *s) {
 static void close_fd(tide__stream *s) {
   disarm_read(s);
   disarm_write(s);
+  if (s->wev) {
+    event_free(s->wev);
+    s->wev = NULL;
+  }
   if (s->ssl) tide__tls_free(s); /* (close_notify, when it may) */
   if (s->fd >= 0) {
     close(s->fd); /* a socket's close never blocks without SO_LINGER */
@@ -295,8 +317,21 @@ static void wake(tide__stream *s, int dir, int nvals) {
     lua_remove(L, -2);
   }
   lua_insert(L, base + 2); /* ud, waiter, values... */
-  settle(L, s);
+  /* The task runs inside this call, and usually waits on the stream again
+   * before it returns: the anchor stays for that wait (settle after). */
   tide__complete(h, nvals + 1); /* the waiter and its results */
+  settle(L, s);
+  if (dir == DIR_READ && s->rqueued) { /* the next queued reader's turn */
+    lua_getfenv(L, base + 1);
+    if (lua_istable(L, -1)) {
+      lua_rawgeti(L, -1, TIDE_STREAM_READ_QUEUE);
+      if (lua_istable(L, -1)) {
+        lua_getfield(L, -1, "signal");
+        lua_insert(L, -2);
+        tide__call(h, h->ref_run_direct, 2); /* run_direct(q.signal, q) */
+      }
+    }
+  }
   lua_settop(L, base);
 }
 
@@ -393,16 +428,10 @@ static int read_finish(lua_State *L, tide__stream *s, int kind, size_t n,
 /* s_read(s, kind, a, b): kind 1 read(a = n), 2 read_line(a = max),
  * 3 read_exactly(a = n), 4 read_until(a = sep, b = max); a nil max is
  * the stream's max_line */
-static int l_read(lua_State *L) {
-  tide__stream *s = check(L);
-  int kind = (int)lua_tointeger(L, 2);
-  size_t n, seplen = 0;
-  const char *sep = NULL;
-  int nidx = kind == SR_UNTIL ? 4 : 3;
-  if (kind == SR_UNTIL) sep = lua_tolstring(L, 3, &seplen);
-  /* no limit given: the stream's own (read_line, read_until) */
-  n = lua_isnoneornil(L, nidx) ? s->lim.max_line : (size_t)lua_tonumber(L, nidx);
+static int do_read(lua_State *L, tide__stream *s, int kind, size_t n,
+                   const char *sep, size_t seplen) {
   if (s->rwait) { /* another task waits to read: this one queues */
+    s->rqueued = 1;
     lua_pushboolean(L, 0);
     lua_pushboolean(L, 1);
     return 2;
@@ -424,6 +453,25 @@ static int l_read(lua_State *L) {
   activate(L, s, 1);
   lua_pushboolean(L, 0);
   return 1;
+}
+
+static int l_read(lua_State *L) {
+  tide__stream *s = check(L);
+  int kind = (int)lua_tointeger(L, 2);
+  size_t n, seplen = 0;
+  const char *sep = NULL;
+  int nidx = kind == SR_UNTIL ? 4 : 3;
+  if (kind == SR_UNTIL) sep = lua_tolstring(L, 3, &seplen);
+  /* no limit given: the stream's own (read_line, read_until) */
+  n = lua_isnoneornil(L, nidx) ? s->lim.max_line : (size_t)lua_tonumber(L, nidx);
+  return do_read(L, s, kind, n, sep, seplen);
+}
+
+/* s_some(s, n): s_read(s, 1, n) in two arguments (read(), the common
+ * call: a task parked in it has a smaller stack) */
+static int l_some(lua_State *L) {
+  tide__stream *s = check(L);
+  return do_read(L, s, SR_SOME, (size_t)lua_tonumber(L, 2), NULL, 0);
 }
 
 enum { RD_NONE, RD_WAKE, RD_DATA };
@@ -495,12 +543,11 @@ static __attribute__((noinline)) int fill(tide__stream *s) {
   }
 }
 
-static void on_writable(evutil_socket_t fd, short what, void *arg);
 static void handshake_step(tide__stream *s);
 
 static void on_readable(evutil_socket_t fd, short what, void *arg) {
   tide__stream *s = arg;
-  int r;
+  int r, n;
   (void)what;
   if (s->ssl) {
     if (s->handshaking) {
@@ -515,8 +562,11 @@ static void on_readable(evutil_socket_t fd, short what, void *arg) {
   }
   r = fill(s);
   if (r == RD_NONE) return;
+  /* the read finishes here: its task gets the results of its read call */
+  n = r == RD_DATA ? 1
+                   : read_finish(s->h->L, s, s->rwait, s->rn, s->rsep, s->rseplen);
   clear_read(s);
-  wake(s, DIR_READ, r == RD_DATA ? 1 : 0);
+  wake(s, DIR_READ, n);
 }
 
 /* --- writing ------------------------------------------------------------------- */
@@ -722,6 +772,10 @@ static int l_write(lua_State *L) {
       skip = 0;
     }
   }
+  if (s->out.len && need_wev(s) != 0) { /* no event to flush it with */
+    s->werr = ENOMEM;
+    return tide__push_errno(L, ENOMEM);
+  }
   if (s->out.len) want_output(s);
   if (pos >= total) {
     maybe_shutdown(s);
@@ -816,6 +870,7 @@ static int l_handshake(lua_State *L) {
     return 1;
   }
   if (s->wwait) return luaL_error(L, "the stream's output is busy");
+  if (need_wev(s) != 0) return tide__push_errno(L, ENOMEM);
   r = handshake_try(s);
   if (r < 0) return tide__stream_push_error(L, s, s->werr);
   if (r > 0) {
@@ -829,6 +884,7 @@ static int l_handshake(lua_State *L) {
 }
 
 void tide__stream_connect_wait(lua_State *L, tide__stream *s, int idx) {
+  if (need_wev(s) != 0) luaL_error(L, "not enough memory");
   s->connecting = 1;
   s->wwait = SW_CONNECT;
   arm_write(s);
@@ -878,7 +934,7 @@ static int l_close(lua_State *L) {
     tv.tv_sec = (time_t)s->linger;
     tv.tv_usec = (suseconds_t)((s->linger - (double)tv.tv_sec) * 1e6);
     disarm_write(s);
-    if (event_add(s->wev, &tv) == 0) {
+    if (need_wev(s) == 0 && event_add(s->wev, &tv) == 0) {
       s->warmed = 1;
       s->lingering = 1;
     }
@@ -983,7 +1039,7 @@ static int l_linger(lua_State *L) {
 tide__stream *tide__stream_new(lua_State *L, int fd, unsigned flags,
                                const tide__stream_limits *lim) {
   size_t head = ALIGN16(sizeof(tide__stream)), esz = tide__event_size();
-  tide__stream *s = lua_newuserdata(L, head + 2 * esz);
+  tide__stream *s = lua_newuserdata(L, head + esz);
   tide_host *h = tide_from_lua(L);
   memset(s, 0, head);
   s->h = h;
@@ -1001,7 +1057,7 @@ tide__stream *tide__stream_new(lua_State *L, int fd, unsigned flags,
     s->lim.max_line = TIDE_STREAM_MAX_LINE;
   }
   s->rev = (struct event *)((char *)s + head);
-  s->wev = (struct event *)((char *)s + head + esz);
+  s->wev = NULL; /* (need_wev) */
   tide__stream_set_fd(s, fd);
   luaL_getmetatable(L, TIDE_STREAM_MT);
   lua_setmetatable(L, -2);
@@ -1012,7 +1068,8 @@ void tide__stream_set_fd(tide__stream *s, int fd) {
   struct event_base *base = s->h->base;
   s->fd = fd;
   event_assign(s->rev, base, fd, EV_READ | EV_PERSIST, on_readable, s);
-  event_assign(s->wev, base, fd, EV_WRITE | EV_PERSIST, on_writable, s);
+  if (s->wev)
+    event_assign(s->wev, base, fd, EV_WRITE | EV_PERSIST, on_writable, s);
 }
 
 void tide__stream_abort(tide__stream *s) {
@@ -1022,7 +1079,8 @@ void tide__stream_abort(tide__stream *s) {
 
 void tide__stream_register(lua_State *L) {
   static const luaL_Reg fns[] = {
-      {"s_read", l_read},       {"s_write", l_write},
+      {"s_read", l_read},       {"s_some", l_some},
+      {"s_write", l_write},
       {"s_flush", l_flush},     {"s_shutdown", l_shutdown},
       {"s_close", l_close},     {"s_cancel", l_cancel},
       {"s_bind", l_bind},       {"s_buffered", l_buffered},

@@ -3,13 +3,15 @@
  * today; pipes, stdio and TLS later), shared by the modules that make them.
  *
  * A stream is a Lua userdata ("tide.stream") holding this struct and its
- * two libevent events. Its Lua face (read, read_line, write, ...) is in
+ * read event (libevent's; the write event is made the first time the
+ * stream waits for room to write, see need_wev). Its Lua face (read, read_line, write, ...) is in
  * lua/tide/net.lua, which drives the C functions of stream.c: they never
  * block and never wait; when a call must wait they record what it waits
  * for (a parked operation) and return false, and the Lua half waits with
  * tide._await on the direction's waiter object. The event callbacks run in
  * the poll phase and wake the waiter (tide__complete) once the parked
- * operation can finish.
+ * operation can finish: a parked read is finished there, and its task
+ * gets the read's results with the wake-up.
  *
  * Writing follows libuv: data goes to the kernel at once, and only what the
  * kernel does not take is copied to the output buffer, with write interest
@@ -34,9 +36,11 @@
 
 #define TIDE_STREAM_MT "tide.stream"
 
-/* The slot of the write waiter in the Lua object bound to a stream
+/* The slots of the write waiter and of the queue of tasks waiting for
+ * their turn to read (a tide.cond) in the Lua object bound to a stream
  * (stream.c, s_bind); lua/tide/net.lua lays its connections out so. */
 #define TIDE_STREAM_WRITE_WAITER 6
+#define TIDE_STREAM_READ_QUEUE 7
 
 /* flags of a stream (tide__stream_new) */
 #define TIDE_STREAM_SOCKET 1   /* send/sendmsg with MSG_NOSIGNAL, shutdown */
@@ -83,6 +87,7 @@ struct tide__stream {
   unsigned lingering : 1; /* closed, flushing its output in the background */
   unsigned refd : 1;      /* ref()/unref() */
   unsigned counted : 1;   /* counted in h->refs */
+  unsigned rqueued : 1;   /* a task has queued behind another's read */
   int rerr, werr;         /* sticky errno of the read / write side */
   tide__buf in, out;
   tide__stream_limits lim;
@@ -99,7 +104,8 @@ struct tide__stream {
   int anchor;             /* the userdata's anchor while active */
   int close_cb;           /* anchor of {fn, obj} for close(fn), or LUA_NOREF */
   tide__deferred close_node;
-  struct event *rev, *wev; /* inside the userdata, after this struct */
+  struct event *rev;      /* inside the userdata, after this struct */
+  struct event *wev;      /* made when first needed (event_new), or NULL */
 
   /* TLS (modules/tls.c); ssl is NULL on a plain stream */
   struct ssl_st *ssl;
@@ -136,7 +142,8 @@ void tide__stream_register(lua_State *L);
 
 /* Connecting: the stream waits for writability, then reports the outcome
  * to its write waiter as true or nil, message, code. Called by net.c from
- * a function whose argument idx is the stream. */
+ * a function whose argument idx is the stream (raises when there is no
+ * memory for the write event). */
 void tide__stream_connect_wait(lua_State *L, tide__stream *s, int idx);
 
 /* Pushes nil, message, code for a stream's sticky error err (an errno

@@ -306,6 +306,65 @@ describe("the loop", function()
       assert.is_false(t:active())
     end)
 
+    it("keep their order when most of a delay's timers are stopped", function()
+      -- many stops leave holes, and the list is compacted when they
+      -- outnumber the timers: the rest, and timers added after, still fire
+      -- in order, and stop() still finds the right one
+      local order, done = {}, tide.channel(1)
+      local ts, want = {}, {}
+      local function rec(i) order[#order + 1] = i end
+      for i = 1, 300 do ts[i] = tide.after(0.03, rec, i) end
+      for i = 1, 300 do
+        if i % 10 ~= 0 then ts[i]:stop() end
+      end
+      ts[300]:stop() -- the last one: a hole at the end of the list
+      for i = 301, 320 do ts[i] = tide.after(0.03, rec, i) end
+      ts[150]:stop()
+      ts[305]:stop()
+      for i = 1, 320 do
+        local stopped = (i <= 300 and i % 10 ~= 0) or i == 300 or i == 150
+                        or i == 305
+        assert.equal(not stopped, ts[i]:active(), i)
+        if not stopped then want[#want + 1] = i end
+      end
+      tide.after(0.03, function() done:send(true) end)
+      await(done)
+      assert.same(want, order)
+    end)
+
+    it("are counted by tide.stats().timers while armed", function()
+      local base = tide.stats().timers
+      local f = function() end
+      local a, b = tide.after(10, f), tide.after(10, f)
+      local c = tide.every(10, f)
+      assert.equal(base + 3, tide.stats().timers)
+      b:stop()
+      assert.equal(base + 2, tide.stats().timers)
+      b:again()
+      assert.equal(base + 3, tide.stats().timers)
+      a:stop(); b:stop(); c:stop()
+      assert.equal(base, tide.stats().timers)
+      local done = tide.channel(1)
+      tide.after(0.001, function() done:send(true) end)
+      assert.equal(base + 1, tide.stats().timers)
+      await(done)
+      assert.equal(base, tide.stats().timers)
+    end)
+
+    it("cost at most 120 bytes of Lua heap each while armed", function()
+      -- one table per timer (104 bytes with 64-bit LuaJIT) and its slot in
+      -- its delay's list; the deadline lives in the timer itself
+      local N, f, ts = 50000, function() end, {}
+      for i = 1, N do ts[i] = false end
+      collectgarbage(); collectgarbage()
+      local k0 = collectgarbage("count")
+      for i = 1, N do ts[i] = tide.after(10, f) end
+      collectgarbage(); collectgarbage()
+      local per = (collectgarbage("count") - k0) * 1024 / N
+      for i = 1, N do ts[i]:stop() end
+      assert.is_true(per <= 120, ("%.1f bytes per timer"):format(per))
+    end)
+
     it("a one-shot timer is inactive after it fired; again() re-arms it", function()
       local count, done = 0, tide.channel(2)
       local t = tide.after(0.001, function()

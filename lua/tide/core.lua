@@ -12,7 +12,9 @@
 -- another: a spawned task, or a timer, immediate or next callback. A
 -- callback that never waits costs no task object at all; the first time it
 -- waits (or asks for tide.current()), its runner is adopted as a task, and
--- the runner returns to the pool when the callback ends.
+-- the runner returns to the pool when the callback ends. (Tasks spawned
+-- with tide._spawn_own, such as a server's connection handlers, have a
+-- coroutine of their own instead.)
 --
 -- A task is resumed only from here (drain), never from inside another
 -- task: wake() only queues it.
@@ -206,6 +208,8 @@ local function after_resume(co, ok, r)
     end
   elseif not ok then -- the job raised: its coroutine is dead
     finish(co, false, failure(co, r))
+  else -- a task on a coroutine of its own returned (r: its first result)
+    if r == nil then finish(co, true) else finish(co, true, r) end
   end
 end
 
@@ -447,17 +451,22 @@ local function call_cb(cb)
 end
 
 local ONE = {} -- t.args of a task spawned with one argument (in t[4])
+local OWN = {} -- the same, on a coroutine of its own (tide._spawn_own)
+
+-- The body of such a coroutine: fn runs at the bottom of its stack (a tail
+-- call), where a pooled runner's loop would put it 6 slots up.
+local function own_body(fn, a) return fn(a) end
 
 local function resume_task(t, a, b, c)
   if t.state ~= "ready" then return end -- cancelled before it started
   t.state = "running"
   local co, ok, r = t.co
   if not co then
-    co = take_runner()
+    local args = t.args
+    co = args == OWN and coroutine_create(own_body) or take_runner()
     t.co = co
     co_task[co] = t
-    local args = t.args
-    if args == ONE then
+    if args == ONE or args == OWN then
       -- the one argument waited in t[4], the delay of the task's own wait
       -- timer, which no wait has used yet
       local a1 = t[4]
@@ -576,8 +585,14 @@ end
 -- Every callback object (timer, immediate, close callback) is an array
 -- {fn, state, nargs, extra, args...}, with no hash part: one allocation.
 -- For a timer, state is its place in its list while armed (else 0) and
--- extra its delay in seconds. `every` timers have the Every metatable,
--- with the same methods, and remember their list in .list.
+-- extra its delay in seconds; slot 0 (in the array part of any table with
+-- one, so it costs no memory) holds its deadline while it is armed. `every`
+-- timers have the Every metatable, with the same methods, and remember
+-- their list in .list.
+--
+-- Constructors give the last array slot a constant ({fn, 0, 0, 0}, then
+-- tm[4] = s): a table constant loaded from bytecode keeps only up to its
+-- last constant slot, and a store past it would rehash every new table.
 --
 -- Timers of one delay wait in one FIFO list, as in Node: deadlines come
 -- from the current clock, so appending keeps a list sorted, and starting a
@@ -606,17 +621,19 @@ local function ns(s)
   return n < 1 and 1 or n
 end
 
+-- ts: the timers, holes are false; last: the deadline of the last timer
+-- appended (the order check of the next one)
 local function new_list(key)
-  return {key = key, ts = {}, ds = {}, head = 1, tail = 0, live = 0,
+  return {key = key, ts = {}, head = 1, tail = 0, last = 0, live = 0,
           refd = 0, cid = 0, holes = 0, idle = false}
 end
 
 -- Keeps the list's C timer at its first live deadline, referenced while
 -- a referenced timer waits in it; lets the list go when it is empty.
 local function list_sync(L)
-  local ts, ds, h, t = L.ts, L.ds, L.head, L.tail
+  local ts, h, t = L.ts, L.head, L.tail
   while h <= t and not ts[h] do
-    ts[h], ds[h] = nil, nil
+    ts[h] = nil
     h = h + 1
     L.holes = L.holes - 1
   end
@@ -643,7 +660,7 @@ local function list_sync(L)
     end
     return
   end
-  local id = C_start_at(L.cid, ds[h], L.refd > 0)
+  local id = C_start_at(L.cid, ts[h][0], L.refd > 0)
   if id < 0 then error("not enough memory", 0) end
   if L.cid == 0 then armed_lists = armed_lists + 1 end
   L.cid = id
@@ -660,15 +677,15 @@ local function add(tm, d, key)
   if not L then
     L = new_list(key)
     lists[key] = L
-  elseif L.tail >= L.head and L.ds[L.tail] > d then
+  elseif L.tail >= L.head and L.last > d then
     L = new_list(false) -- an `every` beat out of order: a list of its own
   elseif L.idle then
     L.idle = false -- an idle list back in use
     idle_lists = idle_lists - 1
   end
   local n = L.tail + 1
-  L.ts[n], L.ds[n], L.tail = tm, d, n
-  tm[2] = n
+  L.ts[n], L.tail, L.last = tm, n, d
+  tm[0], tm[2] = d, n
   live_timers = live_timers + 1
   local live = L.live + 1
   L.live = live
@@ -701,16 +718,16 @@ local function remove(tm)
   if resync then
     list_sync(L)
   elseif L.holes > L.live + 32 then -- compact
-    local ts, ds, nts, nds, n = L.ts, L.ds, {}, {}, 0
+    local ts, nts, n = L.ts, {}, 0
     for i = L.head, L.tail do
       local x = ts[i]
       if x then
         n = n + 1
-        nts[n], nds[n] = x, ds[i]
+        nts[n] = x
         x[2] = n
       end
     end
-    L.ts, L.ds, L.head, L.tail, L.holes = nts, nds, 1, n, 0
+    L.ts, L.head, L.tail, L.holes, L.last = nts, 1, n, 0, nts[n][0]
   end
 end
 
@@ -731,7 +748,7 @@ local cur_now, cur_other, cur_ran = 0, 0, 0
 
 -- Takes the due timer at the head of list L (the caller checked it).
 local function take(L, h, tm, d)
-  L.ts[h], L.ds[h] = nil, nil
+  L.ts[h] = nil
   L.head = h + 1
   L.live = L.live - 1
   live_timers = live_timers - 1
@@ -753,16 +770,16 @@ local function next_timer_slow()
   while true do
     local L = cur
     if L then
-      local ts, ds = L.ts, L.ds
+      local ts = L.ts
       local h = L.head
       while h <= L.tail do
         local tm = ts[h]
         if tm then
-          local d = ds[h]
+          local d = tm[0]
           if d > cur_now or d > cur_other then break end
           return take(L, h, tm, d)
         end
-        ts[h], ds[h] = nil, nil
+        ts[h] = nil
         h = h + 1
         L.head = h
         L.holes = L.holes - 1
@@ -788,7 +805,7 @@ local function next_timer()
     local h = L.head
     local tm = L.ts[h]
     if tm then
-      local d = L.ds[h]
+      local d = tm[0]
       if d <= cur_now and d <= cur_other then return take(L, h, tm, d) end
     end
   end
@@ -808,7 +825,9 @@ local function run_timers()
 end
 
 function new_timer(fn, arg)
-  return setmetatable({fn, 0, 1, 0, arg}, Timer)
+  local tm = setmetatable({fn, 0, 1, 0, false}, Timer)
+  tm[5] = arg
+  return tm
 end
 
 local function start_timer(fname, s, fn, mt, ...)
@@ -825,8 +844,9 @@ local function start_timer(fname, s, fn, mt, ...)
   if s < 0 then s = 0 end
   local n = select("#", ...)
   local tm
-  if n == 0 then tm = setmetatable({fn, 0, 0, s}, mt)
-  else tm = setmetatable({fn, 0, n, s, ...}, mt) end
+  if n == 0 then tm = setmetatable({fn, 0, 0, 0}, mt)
+  else tm = setmetatable({fn, 0, 0, 0, ...}, mt); tm[3] = n end
+  tm[4] = s
   add(tm, (s > 0 and lt_clock(H) or lt_cached(H)) + ns(s), s)
   return tm
 end
@@ -836,15 +856,15 @@ function tide.after(s, fn, ...)
   -- that delay already waiting (appending keeps it sorted)
   if type(s) == "number" and s > 0 and s <= 1e9 and type(fn) == "function"
      and select("#", ...) == 0 then
-    local tm = setmetatable({fn, 0, 0, s}, Timer)
+    local tm = setmetatable({fn, 0, 0, 0}, Timer)
+    tm[4] = s
     local d = lt_clock(H) + ns(s)
     local L = lists[s]
     if L and L.live > 0 then
-      local n = L.tail
-      if L.ds[n] <= d then
-        n = n + 1
-        L.ts[n], L.ds[n], L.tail = tm, d, n
-        tm[2] = n
+      if L.last <= d then
+        local n = L.tail + 1
+        L.ts[n], L.tail, L.last = tm, n, d
+        tm[0], tm[2] = d, n
         live_timers = live_timers + 1
         L.live = L.live + 1
         local refd = L.refd + 1
@@ -916,7 +936,9 @@ local cq, cq_head, cq_tail = {}, 1, 0
 
 local function close_later(fn, handle)
   cq_tail = cq_tail + 1
-  cq[cq_tail] = {fn, 0, 1, false, handle}
+  local cb = {fn, 0, 1, false, false}
+  cb[5] = handle
+  cq[cq_tail] = cb
   if cq_tail == cq_head then close_arm(H) end
 end
 
@@ -1102,6 +1124,18 @@ end
 -- task is cancelled) until tide._complete(obj, ...) hands it the results.
 tide._await = await
 tide._complete = complete
+-- tide.spawn(fn, arg) for a task that may stay parked for long (a
+-- server's handler of a connection): its coroutine is its own, not a
+-- pooled runner, and fn runs at the bottom of that coroutine's stack, so
+-- that a task parked with a few frames keeps the 47 stack slots LuaJIT
+-- gives a coroutine (the JIT's traces want more room above a deeper
+-- start). Only its first result is kept. A coroutine per task: for
+-- short-lived tasks tide.spawn, which reuses runners, is cheaper.
+function tide._spawn_own(fn, arg)
+  local t = spawn(fn, arg)
+  t.args = OWN
+  return t
+end
 -- fn(task) runs when task ends (returns, fails or is cancelled), before
 -- its error is reported; for modules, such as a server closing the
 -- connection of a handler task.

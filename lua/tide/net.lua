@@ -33,12 +33,12 @@ local type, error, tostring, select, pairs, setmetatable, getmetatable,
   xpcall, tonumber
 local floor, huge = math.floor, math.huge
 local traceback = debug.traceback
-local await, complete, hrtime, spawn, cond, on_finish =
+local await, complete, hrtime, spawn, cond, on_finish, spawn_own =
   tide._await, tide._complete, tide.hrtime, tide.spawn, tide.cond,
-  tide._on_finish
+  tide._on_finish, tide._spawn_own
 
-local s_read, s_write, s_flush, s_shutdown, s_close, s_cancel =
-  C.s_read, C.s_write, C.s_flush, C.s_shutdown, C.s_close, C.s_cancel
+local s_read, s_some, s_write, s_flush, s_shutdown, s_close, s_cancel =
+  C.s_read, C.s_some, C.s_write, C.s_flush, C.s_shutdown, C.s_close, C.s_cancel
 local s_bind, s_buffered, s_limits, s_ref =
   C.s_bind, C.s_buffered, C.s_limits, C.s_ref
 local getfenv = debug.getfenv
@@ -203,6 +203,11 @@ local DEFAULT_LIMITS = {C.READ_HIGH, C.WRITE_HIGH, C.WRITE_LOW, C.MAX_LINE}
 local UD, CLOSED, RT, WT, SHUT, WW, RQ, WQ, LIM = 1, 2, 3, 4, 5, 6, 7, 8, 9
 -- (and, when set: the host a client named, the TLS context in use)
 local HOST, TLS = 10, 11
+-- The address fields (conn.family, ...) are array slots too, read through
+-- Conn.__index: a table with a hash part of 8 nodes for them would be 192
+-- bytes per connection.
+local FIELDS = {family = 12, remote_address = 13, remote_port = 14,
+                local_address = 15, local_port = 16}
 
 local function signal(h, slot) -- the next task queued for that direction
   local q = h[slot]
@@ -242,30 +247,30 @@ local function queue_wait(h, slot, deadline)
   return q:wait(remaining(deadline) or nil)
 end
 
--- The slow path of the reads: wait until s_read can finish. busy: another
--- task's read is parked (queue behind it) rather than ours.
-local function read_wait(c, fname, kind, a, b, busy)
+-- A read that s_read parked finishes in the C half, which wakes its task
+-- with the read's results (or the wait ends: timed out, closed): the
+-- reads tail-call await, so a task parked in a read has no frame of
+-- this module on its stack. The C half gives the next task queued
+-- behind a read its turn when it wakes the read; a read that times out
+-- or is cancelled does it in the waiter's close().
+
+-- The slow path of the reads: another task's read is parked; wait for
+-- our turn in the queue, then read.
+local function read_turn(c, fname, kind, a, b)
   local tmo = c[RT]
   local deadline = tmo and hrtime() + tmo
-  local w = c[UD]
-  local r, e, code
   while true do
-    if busy then
-      r, e, code = queue_wait(c, RQ, deadline)
-    else
-      r, e, code = await(w, deadline and remaining(deadline), fname)
-      if type(r) == "string" then break end -- data, handed over
-    end
-    if not r then break end -- timed out, closed
-    if c[CLOSED] then r, e, code = nil, "closed", "ECANCELED"; break end
+    local r, e, code = queue_wait(c, RQ, deadline)
+    if not r then signal(c, RQ); return nil, e, code end -- timed out
+    if c[CLOSED] then signal(c, RQ); return nil, "closed", "ECANCELED" end
     r, e, code = s_read(c[UD], kind, a, b)
-    if r ~= false then break end
-    busy = e
+    if r ~= false then
+      signal(c, RQ) -- (the next one may find data buffered too)
+      if e == nil then return r end
+      return r, e, code
+    end
+    if not e then return await(c[UD], remaining(deadline), fname) end
   end
-  local q = c[RQ] -- our turn is over: the next queued reader's
-  if q then q:signal() end
-  if e == nil then return r end
-  return r, e, code
 end
 
 -- The slow path of write and flush; pos: the bytes of the data taken (-1:
@@ -297,7 +302,14 @@ end
 -- connections -------------------------------------------------------------------
 
 local methods = {}
-local Conn = {__index = methods}
+local Conn = {}
+local rawget = rawget
+function Conn.__index(c, k)
+  local m = methods[k]
+  if m ~= nil then return m end
+  local i = FIELDS[k]
+  if i then return rawget(c, i) end
+end
 
 local function check_conn(c, fname, open)
   if getmetatable(c) ~= Conn then
@@ -312,9 +324,10 @@ end
 function methods.read(c, n)
   if getmetatable(c) ~= Conn or c[CLOSED] then check_conn(c, "read", true) end
   if n == nil then n = MAX_STRING else check_count(n, 1, "read", "count", 1) end
-  local r, e, code = s_read(c[UD], SOME, n)
+  local r, e, code = s_some(c[UD], n) -- (s_read's kind 1 in two arguments)
   if r ~= false then if e == nil then return r end return r, e, code end
-  return read_wait(c, "read", SOME, n, nil, e)
+  if e then return read_turn(c, "read", SOME, n) end
+  return await(c[UD], c[RT], "read")
 end
 
 function methods.read_line(c, max)
@@ -322,7 +335,8 @@ function methods.read_line(c, max)
   if max ~= nil then check_count(max, 1, "read_line", "max", 1) end
   local r, e, code = s_read(c[UD], LINE, max)
   if r ~= false then if e == nil then return r end return r, e, code end
-  return read_wait(c, "read_line", LINE, max, nil, e)
+  if e then return read_turn(c, "read_line", LINE, max) end
+  return await(c[UD], c[RT], "read_line")
 end
 
 function methods.read_exactly(c, n)
@@ -330,7 +344,8 @@ function methods.read_exactly(c, n)
   check_count(n, 1, "read_exactly", "count", 0)
   local r, e, code = s_read(c[UD], EXACT, n)
   if r ~= false then if e == nil then return r end return r, e, code end
-  return read_wait(c, "read_exactly", EXACT, n, nil, e)
+  if e then return read_turn(c, "read_exactly", EXACT, n) end
+  return await(c[UD], c[RT], "read_exactly")
 end
 
 function methods.read_until(c, sep, max)
@@ -342,7 +357,8 @@ function methods.read_until(c, sep, max)
   if max ~= nil then check_count(max, 2, "read_until", "max", 0) end
   local r, e, code = s_read(c[UD], UNTIL, sep, max)
   if r ~= false then if e == nil then return r end return r, e, code end
-  return read_wait(c, "read_until", UNTIL, sep, max, e)
+  if e then return read_turn(c, "read_until", UNTIL, sep, max) end
+  return await(c[UD], c[RT], "read_until")
 end
 
 local function check_data(n, ...)
@@ -481,11 +497,15 @@ function Conn.__tostring(c)
     endpoint(c.family, c.remote_address, c.remote_port))
 end
 
+-- (the constructor ends with constants, so that the table it copies has
+-- every slot: values stored past a constructor's last constant would
+-- make LuaJIT resize each new connection's array)
 local function wrap(ud, family, address, port, laddr, lport, lim)
   local c = setmetatable({ud, false, false, false, false, false, false, false,
-                          lim or false, family = family,
-                          remote_address = address, remote_port = port,
-                          local_address = laddr, local_port = lport}, Conn)
+                          false, false, false, false, false, false, false,
+                          false}, Conn)
+  c[LIM] = lim or false
+  c[12], c[13], c[14], c[15], c[16] = family, address, port, laddr, lport
   s_bind(ud, c)
   return c
 end
@@ -804,9 +824,22 @@ end
 -- runs handler(conn) and, however it ends, closes the connection (the
 -- handler runs right on the task, with no frame of ours under it: a
 -- parked handler's coroutine stays small)
+-- (one function for every handler task, and the task's connection in a
+-- weak table: no closure per connection)
+local handler_conn = setmetatable({}, {__mode = "k"})
+local function handler_done(t)
+  local c = handler_conn[t]
+  if c then
+    handler_conn[t] = nil
+    c:close()
+  end
+end
+
 local function on_accept(sv, ud, address, port, laddr, lport)
   local c = wrap(ud, sv.family, address, port, laddr, lport, sv[S_LIM])
-  on_finish(spawn(sv[S_RUN] or sv[S_HANDLER], c), function() c:close() end)
+  local t = spawn_own(sv[S_RUN] or sv[S_HANDLER], c)
+  handler_conn[t] = c
+  on_finish(t, handler_done)
 end
 
 -- A TLS server's handler task: the handshake with the server's context of
