@@ -9,8 +9,15 @@
 #
 # Environment: TIDE_BIN (default ../build/tide), PEER_DIR (../shared/bench),
 # RUNS=3, DUR=10, CONNS="50 1 1000", CPU=0, CLI_CPU=1, OUT=/tmp/tide-bench,
-# RUNTIMES="tide node nginx". Prints a markdown section on stdout; logs
-# under $OUT/logs/http-*.
+# RUNTIMES="tide node nginx", IDLE_CONNS=10000 (0: no idle section).
+# Prints a markdown section on stdout; logs under $OUT/logs/http-*.
+#
+# The idle section: IDLE_CONNS keep-alive connections held open, the
+# server's VmRSS before and after over their count, twice: connections
+# that sent nothing ($PEER_DIR/c/conn_hold.c, the peers' workload F) and
+# connections that each made 2 requests first (bench/http_count.c with
+# HOLD), the server's input buffers and request state then having been
+# used.
 set -u
 HERE=$(cd "$(dirname "$0")" && pwd)
 ROOT=$(cd "$HERE/.." && pwd)
@@ -23,6 +30,7 @@ CPU=${CPU:-0}
 CLI_CPU=${CLI_CPU:-1}
 OUT=${OUT:-/tmp/tide-bench}
 RUNTIMES=${RUNTIMES:-"tide node nginx"}
+IDLE_CONNS=${IDLE_CONNS:-10000}
 CLK_TCK=$(getconf CLK_TCK)
 mkdir -p "$OUT/logs"
 cd "$ROOT" || exit 1
@@ -100,6 +108,61 @@ for r in $(seq 1 "$RUNS"); do
   done
 done
 
+# idle: per-connection VmRSS of idle keep-alive connections
+vmrss() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status" 2>/dev/null; }
+HOLD_BIN="$OUT/conn_hold"; COUNT_BIN="$OUT/http_count"
+build_idle() {
+  [ "$IDLE_CONNS" -gt 0 ] 2>/dev/null || return 1
+  if [ ! -x "$HOLD_BIN" ] || [ "$PEER_DIR/c/conn_hold.c" -nt "$HOLD_BIN" ]; then
+    gcc -O2 -o "$HOLD_BIN" "$PEER_DIR/c/conn_hold.c" > "$OUT/logs/http-idle-build.txt" 2>&1 || return 1
+  fi
+  if [ ! -x "$COUNT_BIN" ] || [ "$HERE/http_count.c" -nt "$COUNT_BIN" ]; then
+    gcc -O2 -o "$COUNT_BIN" "$HERE/http_count.c" >> "$OUT/logs/http-idle-build.txt" 2>&1 || return 1
+  fi
+}
+# idle_run RT KIND (KIND: silent | used) -> adds "RT|KIND|idle" KiB per connection
+idle_run() {
+  local rt=$1 kind=$2 cmd pid wpid hp lf r0 r1 i
+  cmd=$(cmd_for "$rt" 0) || true
+  [ -z "$cmd" ] && return
+  while ! port_free "$PORT"; do PORT=$((PORT + 1)); done
+  cmd=$(cmd_for "$rt" "$PORT")
+  lf="$OUT/logs/http-idle-$rt-$kind"
+  ( ulimit -n $((IDLE_CONNS + 1000)) 2>/dev/null; exec timeout 120 taskset -c "$CPU" $cmd ) > "$lf.server" 2>&1 &
+  pid=$!
+  for _ in $(seq 1 100); do ss -Hltn "sport = :$PORT" | grep -q . && break; sleep 0.1; done
+  sleep 0.5
+  wpid=$(ps -o pid= --ppid "$pid" | head -1 | tr -d ' ')
+  [ "$rt" = nginx ] && [ -n "$wpid" ] && wpid=$(ps -o pid= --ppid "$wpid" | head -1 | tr -d ' ')
+  [ -z "$wpid" ] && wpid=$pid
+  r0=$(vmrss "$wpid")
+  if [ "$kind" = silent ]; then
+    ( ulimit -n $((IDLE_CONNS + 100)) 2>/dev/null; exec taskset -c "$CLI_CPU" "$HOLD_BIN" "$PORT" "$IDLE_CONNS" 30 ) > "$lf.client" 2>&1 &
+  else
+    ( ulimit -n $((IDLE_CONNS + 100)) 2>/dev/null; exec taskset -c "$CLI_CPU" "$COUNT_BIN" "$PORT" "$IDLE_CONNS" 2 30 ) > "$lf.client" 2>&1 &
+  fi
+  hp=$!
+  for i in $(seq 1 300); do grep -qE '^(OPEN|HOLDING)' "$lf.client" && break; sleep 0.1; done
+  # the server has taken them all once its count of established ones is there
+  for i in $(seq 1 100); do
+    [ "$(ss -Htn state established "( sport = :$PORT )" | wc -l)" -ge "$IDLE_CONNS" ] && break
+    sleep 0.1
+  done
+  sleep 2
+  r1=$(vmrss "$wpid")
+  kill "$hp" 2>/dev/null; wait "$hp" 2>/dev/null
+  kill "$pid" 2>/dev/null; wait "$pid" 2>/dev/null
+  PORT=$((PORT + 1))
+  if ! grep -qE '^(OPEN|HOLDING)' "$lf.client" || [ -z "$r0" ] || [ -z "$r1" ]; then
+    log "http idle $rt $kind: FAILED (see $lf.*)"; return
+  fi
+  add "$rt" "$kind" idle "$(awk -v a="$r0" -v b="$r1" -v n="$IDLE_CONNS" 'BEGIN{ printf "%.2f", (b - a) / n }')"
+  log "http idle $rt $kind: VmRSS $r0 -> $r1 KiB for $IDLE_CONNS connections"
+}
+if build_idle; then
+  for rt in $RUNTIMES; do idle_run "$rt" silent; idle_run "$rt" used; done
+fi
+
 name() {
   case $1 in
     tide) echo "tide (bench/http_hello.lua, tide.http)";;
@@ -113,6 +176,7 @@ echo "| server | connections | requests/s | p99 ms | server CPU µs / request |"
 echo "|---|---|---|---|---|"
 for c in $CONNS; do
   for rt in $RUNTIMES; do
+    [ "$RUNS" -gt 0 ] 2>/dev/null || continue # (RUNS=0: the idle section only)
     printf '| %s | %s | %s | %s | %s |\n' "$(name "$rt")" "$c" "$(cell "$rt" "$c" rps '%.0f')" \
       "$(cell "$rt" "$c" p99 '%.2f')" "$(cell "$rt" "$c" us '%.2f')"
   done
@@ -124,3 +188,13 @@ ratio() { [ -n "$1" ] && [ -n "$2" ] && awk -v a="$1" -v b="$2" 'BEGIN{ printf "
 echo "At 50 connections: tide / Node requests/s = $(ratio "$tr" "$nr"), tide / nginx = $(ratio "$tr" "$xr");" \
      "server CPU per request tide / Node = $(ratio "$tu" "$nu"), tide / nginx = $(ratio "$tu" "$xu")."
 echo
+if [ -n "${V["tide|silent|idle"]:-}${V["tide|used|idle"]:-}" ]; then
+  echo "Idle keep-alive connections ($IDLE_CONNS; VmRSS after − before, over the count): KiB per connection"
+  echo
+  echo "| server | sent nothing (conn_hold) | after 2 requests each (http_count) |"
+  echo "|---|---|---|"
+  for rt in $RUNTIMES; do
+    printf '| %s | %s | %s |\n' "$(name "$rt")" "$(cell "$rt" silent idle '%.2f')" "$(cell "$rt" used idle '%.2f')"
+  done
+  echo
+fi

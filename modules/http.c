@@ -4,9 +4,16 @@
  * HTTP/1.1 message-head parser and the chunked-coding framing, run over
  * the Lua string that holds a connection's unparsed input.
  *
- *   parse_request(buf, pos, max_line, max_head, max_fields)
+ *   parse_request(buf, pos, max_line, max_head, max_fields[, lazy])
  *       -> method, target, minor, headers, next, body, length, flags
  *        | false (incomplete) | nil, status, message
+ *       (lazy: headers is the position of the field lines instead, for
+ *       headers(); a request whose handler never looks at its headers
+ *       costs no table and no strings for them)
+ *   headers(buf, pos, max_fields) -> headers | nil, status, message
+ *   simple_head(status_line, date_line, headers, length, tail[, body])
+ *       -> head | false | nil, key: a whole response head made in one
+ *       string (see l_simple_head)
  *   parse_response(buf, pos, max_head, max_fields)
  *       -> status, reason, minor, headers, next, body, length, flags
  *        | false | nil, 0, message
@@ -347,6 +354,7 @@ static int l_parse_request(lua_State *L) {
   size_t len, i, start, max_line = arg_size(L, 3), max_head = arg_size(L, 4);
   const char *b = arg_buf(L, &len, &i), *nl;
   int max_fields = arg_fields(L, 5), minor, nfs = 0, body = BODY_NONE, k;
+  int lazy = lua_toboolean(L, 6);
   size_t line_end, m_end, t_start, t_end;
   long next;
   perr e = {0, NULL};
@@ -418,7 +426,8 @@ static int l_parse_request(lua_State *L) {
   lua_pushlstring(L, b + i, m_end - i);
   lua_pushlstring(L, b + t_start, t_end - t_start);
   lua_pushinteger(L, minor);
-  push_headers(L, b, fs, nfs);
+  if (lazy) lua_pushinteger(L, (lua_Integer)(line_end + 2 + 1));
+  else push_headers(L, b, fs, nfs);
   lua_pushinteger(L, next + 1);
   lua_pushinteger(L, body);
   lua_pushnumber(L, (lua_Number)(m.length > 0 ? m.length : 0));
@@ -626,6 +635,132 @@ static int l_scan_chunks(lua_State *L) {
   return 1;
 }
 
+/* headers(buf, pos, max_fields) -> the headers table of the field lines
+ * at pos (as parse_request's `lazy` fields offset gave it; parse_request
+ * has checked them), or nil, status, message. */
+static int l_headers(lua_State *L) {
+  size_t len, i;
+  const char *b = arg_buf(L, &len, &i);
+  int max_fields = arg_fields(L, 3), nfs = 0;
+  long next;
+  perr e = {0, NULL};
+  fieldbuf fb;
+  field *fs = fields_for(L, &fb, max_fields);
+  next = parse_fields(b, len, i, i, (size_t)-1 / 2, max_fields, fs, &nfs, &e);
+  if (next < 0) return push_error(L, &e);
+  if (next == 0) {
+    fail(&e, 400, "incomplete header");
+    return push_error(L, &e);
+  }
+  push_headers(L, b, fs, nfs);
+  return 1;
+}
+
+/* simple_head(status_line, date_line, headers, length, tail[, body])
+ *   -> head | false | nil, key
+ * The head of a response a handler returned as (status, body, headers),
+ * in one string: status_line, date_line, "Name: value\r\n" for each
+ * entry of the headers table (nil: none), "Content-Length: " length,
+ * then tail (the end of that line, the Connection field if any and the
+ * empty line); with body, the body follows in the same string. false
+ * when a header is one the server frames itself (Content-Length,
+ * Connection, Transfer-Encoding, Date, in any case) or has a number for
+ * its value: the caller takes the general path. nil and the key when a
+ * name is not a token or a value is not a string free of CR, LF and NUL;
+ * nil, nil when headers is not a table. */
+static int head_entry(lua_State *L, size_t *total) {
+  size_t nl, vl, i;
+  const char *n, *v;
+  if (lua_type(L, -2) != LUA_TSTRING) return -1;
+  if (lua_type(L, -1) == LUA_TNUMBER) return 0;
+  if (lua_type(L, -1) != LUA_TSTRING) return -1;
+  n = lua_tolstring(L, -2, &nl);
+  v = lua_tolstring(L, -1, &vl);
+  if (nl == 0) return -1;
+  for (i = 0; i < nl; i++)
+    if (!IS(n[i], C_TOKEN)) return -1;
+  for (i = 0; i < vl; i++)
+    if (v[i] == '\r' || v[i] == '\n' || v[i] == '\0') return -1;
+  if ((nl == 4 && name_is(n, nl, "date", 4)) ||
+      (nl == 10 && name_is(n, nl, "connection", 10)) ||
+      (nl == 14 && name_is(n, nl, "content-length", 14)) ||
+      (nl == 17 && name_is(n, nl, "transfer-encoding", 17)))
+    return 0;
+  *total += nl + 2 + vl + 2;
+  return 1;
+}
+
+static int l_simple_head(lua_State *L) {
+  size_t sl, dl, tl, bl = 0, total, at;
+  const char *st = luaL_checklstring(L, 1, &sl), *dt = luaL_checklstring(L, 2, &dl);
+  lua_Number length = luaL_checknumber(L, 4);
+  const char *tail = luaL_checklstring(L, 5, &tl), *body = luaL_optlstring(L, 6, NULL, &bl);
+  char num[32], stack[2048], *out;
+  int nn, has = lua_istable(L, 3);
+  if (!(length >= 0 && length < 1e15)) return luaL_argerror(L, 4, "length out of range");
+  if (!has && !lua_isnil(L, 3)) {
+    lua_pushnil(L);
+    lua_pushnil(L);
+    return 2;
+  }
+  {
+    uint64_t x = (uint64_t)length;
+    char rev[24];
+    int k = 0;
+    do rev[k++] = (char)('0' + x % 10), x /= 10;
+    while (x);
+    for (nn = 0; nn < k; nn++) num[nn] = rev[k - 1 - nn];
+  }
+  total = sl + dl + 16 + (size_t)nn + tl + bl;
+  if (has) {
+    lua_pushnil(L);
+    while (lua_next(L, 3)) {
+      int r = head_entry(L, &total);
+      if (r <= 0) {
+        if (r == 0) {
+          lua_pushboolean(L, 0);
+          return 1;
+        }
+        lua_pushnil(L);
+        lua_pushvalue(L, -3);
+        return 2;
+      }
+      lua_pop(L, 1);
+    }
+  }
+  out = total <= sizeof stack ? stack : lua_newuserdata(L, total);
+  memcpy(out, st, sl);
+  at = sl;
+  memcpy(out + at, dt, dl);
+  at += dl;
+  if (has) {
+    lua_pushnil(L);
+    while (lua_next(L, 3)) {
+      size_t nl, vl;
+      const char *n = lua_tolstring(L, -2, &nl), *v = lua_tolstring(L, -1, &vl);
+      memcpy(out + at, n, nl);
+      at += nl;
+      out[at++] = ':';
+      out[at++] = ' ';
+      memcpy(out + at, v, vl);
+      at += vl;
+      out[at++] = '\r';
+      out[at++] = '\n';
+      lua_pop(L, 1);
+    }
+  }
+  memcpy(out + at, "Content-Length: ", 16);
+  at += 16;
+  memcpy(out + at, num, (size_t)nn);
+  at += (size_t)nn;
+  memcpy(out + at, tail, tl);
+  at += tl;
+  if (bl) memcpy(out + at, body, bl);
+  at += bl;
+  lua_pushlstring(L, out, at);
+  return 1;
+}
+
 /* check_field(name, value) -> 0 (a token and a value without CR, LF or
  * NUL), 1 (a bad name) or 2 (a bad value): what a handler may send */
 static int l_check_field(lua_State *L) {
@@ -671,6 +806,7 @@ TIDE_MODULE("tide.http.c", tide__open_http) {
   static const luaL_Reg fns[] = {{"parse_request", l_parse_request},
                                  {"parse_response", l_parse_response},
                                  {"parse_trailers", l_parse_trailers},
+                                 {"headers", l_headers},
                                  {NULL, NULL}};
   const luaL_Reg *f;
   init_classes();
@@ -688,6 +824,8 @@ TIDE_MODULE("tide.http.c", tide__open_http) {
   lua_setfield(L, -2, "scan_chunks");
   lua_pushcfunction(L, l_check_field);
   lua_setfield(L, -2, "check_field");
+  lua_pushcfunction(L, l_simple_head);
+  lua_setfield(L, -2, "simple_head");
   lua_pushcfunction(L, l_peer_gone);
   lua_setfield(L, -2, "peer_gone");
   lua_pushinteger(L, BODY_NONE);

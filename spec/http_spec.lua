@@ -124,6 +124,35 @@ describe("tide.http", function()
                    ua = "spec", multi = "1, 2", hdr = "one"}, seen)
     end)
 
+    it("keeps each request's fields after later requests on the connection", function()
+      -- (headers, path and the rest are made when first read: a request
+      -- kept by the handler must still give its own after the next ones)
+      local kept = {}
+      local s = serve(function(r)
+        kept[#kept + 1] = r
+        return 200, "ok", {["X-N"] = #kept, ["Content-Length"] = 2}
+      end)
+      local c = connect(s.port)
+      c:write(req{"GET /a?x=1 HTTP/1.1", "Host: h", "X-Id: first"} ..
+              req{"GET /b HTTP/1.0", "X-Id: second", "Connection: keep-alive"} ..
+              req{"GET /c HTTP/1.1", "Host: h", "X-Id: third"})
+      for i = 1, 3 do
+        local status, h, body = read_response(c)
+        assert.equal(200, status)
+        assert.equal(tostring(i), h["x-n"])
+        assert.equal("ok", body)
+      end
+      c:close()
+      local got = {}
+      for i, r in ipairs(kept) do
+        got[i] = {r.headers["x-id"], r:header("X-ID"), r.path, r.version, r.query.x,
+                  r.remote_address}
+      end
+      assert.same({{"first", "first", "/a", "1.1", "1", "127.0.0.1"},
+                   {"second", "second", "/b", "1.0", nil, "127.0.0.1"},
+                   {"third", "third", "/c", "1.1", nil, "127.0.0.1"}}, got)
+    end)
+
     it("keeps connections alive and the client reuses them", function()
       local ports = {}
       local s = serve(function(r) ports[#ports + 1] = r.remote_port; return 200, "x" end)

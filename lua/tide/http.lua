@@ -6,7 +6,7 @@
 -- reads a request head, runs the handler on that same task, writes the
 -- response and loops (keep-alive; pipelined requests are answered in
 -- order because they are read one after the other). The unparsed input
--- of a connection is one Lua string (cx.buf) and a position in it; a
+-- of a connection is one Lua string (cx[BUF]) and a position in it; a
 -- request that arrives in one read is parsed from the string the read
 -- returned, without copies.
 --
@@ -43,7 +43,7 @@ local stderr = io.stderr
 local parse_request, parse_response, parse_trailers, chunk_size, scan_chunks =
   C.parse_request, C.parse_response, C.parse_trailers, C.chunk_size,
   C.scan_chunks
-local BODY_LENGTH, BODY_CHUNKED = C.BODY_LENGTH, C.BODY_CHUNKED
+local BODY_NONE, BODY_LENGTH, BODY_CHUNKED = C.BODY_NONE, C.BODY_LENGTH, C.BODY_CHUNKED
 local F_CLOSE, F_KEEPALIVE, F_CONTINUE, F_UNTIL_CLOSE =
   C.F_CLOSE, C.F_KEEPALIVE, C.F_CONTINUE, C.F_UNTIL_CLOSE
 
@@ -106,6 +106,7 @@ local function describe(v)
 end
 
 local check_field = C.check_field
+local simple_head = C.simple_head
 local function is_token(s) return type(s) == "string" and check_field(s, "") == 0 end
 local function bad_value(s) return check_field("x", s) ~= 0 end
 
@@ -167,9 +168,26 @@ local function check_serve(opts)
 end
 
 -- the connection's input ----------------------------------------------------------
--- cx.buf holds unparsed input from cx.pos on.
+-- A server connection's state is an array (eight slots: 64 bytes where
+-- named fields take a hash part of 192): its stream, unparsed input from
+-- cx[POS] on in cx[BUF], the server's options, the deadline of the
+-- current read (false: none), whether the connection goes on after the
+-- current response, its task, cx[ST] (below); then, when they happen, a
+-- timed-out read, the close, a broken stream and a client gone.
+local CONN, BUF, POS, CFG, DEADLINE, KEEP, TASK, ST = 1, 2, 3, 4, 5, 6, 7, 8
+local TIMED_OUT, CLOSED, BROKEN, GONE = 9, 10, 11, 12
+-- cx[BUF] holds unparsed input from cx[POS] on.
 
 local function append(cx, d)
+  local pos = cx[POS]
+  if pos > #cx[BUF] then cx[BUF], cx[POS] = d, 1
+  elseif pos == 1 then cx[BUF] = cx[BUF] .. d
+  else cx[BUF], cx[POS] = sub(cx[BUF], pos) .. d, 1 end
+end
+
+-- (the same for the client's connections, whose state is a table of
+-- named fields)
+local function capp(cx, d)
   local pos = cx.pos
   if pos > #cx.buf then cx.buf, cx.pos = d, 1
   elseif pos == 1 then cx.buf = cx.buf .. d
@@ -181,12 +199,12 @@ end
 -- enforces the deadline: a wait timer per read would cost more than the
 -- rest of a request.
 local function fill(cx, timeout)
-  cx.deadline = now() + timeout
-  local ok, d, e, code = pcall(cx.conn.read, cx.conn)
-  cx.deadline = false
+  cx[DEADLINE] = now() + timeout
+  local ok, d, e, code = pcall(cx[CONN].read, cx[CONN])
+  cx[DEADLINE] = false
   if not ok then
-    if cx.timed_out then
-      cx.timed_out = false
+    if cx[TIMED_OUT] then
+      cx[TIMED_OUT] = false
       return nil, "timed out", "ETIMEDOUT"
     end
     error(d, 0)
@@ -196,25 +214,14 @@ local function fill(cx, timeout)
   return true
 end
 
--- The wait for a request on an idle connection: as fill, without the
--- pcall (a parked idle connection keeps a shallow stack); the sweeper
--- closes the connection when it passes its deadline.
-local function fill_idle(cx, timeout)
-  cx.deadline = now() + timeout
-  cx.idle = true
-  local d, e, code = cx.conn:read()
-  cx.deadline = false
-  cx.idle = false
-  if not d then
-    if cx.timed_out then return nil, "timed out", "ETIMEDOUT" end
-    return nil, e, code
-  end
-  append(cx, d)
-  return true
-end
+-- cx[ST]: IDLE while the connection waits for its next request (in
+-- serve_conn: the sweeper closes it past its deadline), RUN while the
+-- handler runs, WATCH while it runs with the whole request received (the
+-- sweeper watches for the client going away); false otherwise.
+local IDLE, RUN, WATCH = 1, 2, 3
 
 -- (a task every tick, per server) cancels the reads past their deadline,
--- and the waits of handlers whose client went away (cx.watch: the
+-- and the waits of handlers whose client went away (cx[ST] == WATCH: the
 -- request's body has been received, so the end of the stream cannot be
 -- the end of the body). The connection object's slot 1 is its stream
 -- (lua/tide/net.lua).
@@ -226,25 +233,33 @@ local function sweep(srv)
     return
   end
   for cx in next, live do
-    local d = cx.deadline
-    if d and t >= d and cx.idle and not cx.closed then
-      cx.timed_out = true
-      cx.closed = true
-      cx.conn:close()
-    elseif d and t >= d and not cx.timed_out and cx.task:status() == "waiting" then
-      cx.timed_out = true
-      cx.task:cancel("timed out")
-    elseif cx.watch and not cx.closed and cx.task:status() == "waiting" and
-           peer_gone(cx.conn[1]) then
-      cx.watch = false
-      cx.gone = true
-      cx.broken = true
-      cx.task:cancel("client disconnected")
+    local d = cx[DEADLINE]
+    local st = cx[ST]
+    if d and t >= d and st == IDLE then
+      local ts = cx[TASK]:status()
+      if ts == "done" or ts == "cancelled" or ts == "failed" then
+        live[cx] = nil -- its wait raised: the task ended without counting out
+        srv.n = srv.n - 1
+      elseif not cx[CLOSED] then
+        cx[TIMED_OUT] = true
+        cx[CLOSED] = true
+        cx[CONN]:close()
+      end
+    elseif d and t >= d and not cx[TIMED_OUT] and cx[TASK]:status() == "waiting" then
+      cx[TIMED_OUT] = true
+      cx[TASK]:cancel("timed out")
+    elseif st == WATCH and not cx[CLOSED] and cx[TASK]:status() == "waiting" and
+           peer_gone(cx[CONN][1]) then
+      cx[ST] = RUN
+      cx[GONE] = true
+      cx[BROKEN] = true
+      cx[TASK]:cancel("client disconnected")
     end
   end
 end
 
-local function avail(cx) return #cx.buf - cx.pos + 1 end
+local function avail(cx) return #cx[BUF] - cx[POS] + 1 end
+local function cavail(cx) return #cx.buf - cx.pos + 1 end
 
 -- closing -------------------------------------------------------------------------
 
@@ -254,12 +269,12 @@ local function avail(cx) return #cx.buf - cx.pos + 1 end
 local LINGER_SECONDS, LINGER_BYTES = 2, 262144
 
 local function close_conn(cx)
-  local conn = cx.conn
-  if cx.closed then return end
-  cx.closed = true
-  if not cx.broken then
+  local conn = cx[CONN]
+  if cx[CLOSED] then return end
+  cx[CLOSED] = true
+  if not cx[BROKEN] then
     conn:shutdown()
-    conn:set_timeout(0.5, cx.cfg.send_timeout)
+    conn:set_timeout(0.5, cx[CFG].send_timeout)
     local deadline, total = now() + LINGER_SECONDS, 0
     while total < LINGER_BYTES and now() < deadline do
       local d = conn:read()
@@ -275,11 +290,11 @@ end
 -- status's reason phrase only)
 local function reject(cx, status, msg)
   local body = (REASONS[status] or "Error") .. "\n"
-  cx.conn:set_timeout(cx.cfg.send_timeout)
-  local ok = cx.conn:write(status_lines[status], date_header(),
+  cx[CONN]:set_timeout(cx[CFG].send_timeout)
+  local ok = cx[CONN]:write(status_lines[status], date_header(),
     "Content-Type: text/plain\r\nContent-Length: ", #body,
     "\r\nConnection: close\r\n\r\n", body)
-  if not ok then cx.broken = true end
+  if not ok then cx[BROKEN] = true end
   close_conn(cx)
 end
 
@@ -309,11 +324,44 @@ local function parse_query(q)
   return t
 end
 
+-- the request's path: its target without the query, and without the
+-- scheme and authority of an absolute form
+local function target_path(target)
+  local q = find(target, "?", 1, true)
+  local path = q and sub(target, 1, q - 1) or target
+  if byte(path, 1) ~= 47 and find(path, "^[Hh][Tt][Tt][Pp][Ss]?://") then
+    path = path:match("^%a+://[^/]*(.*)$")
+    if path == "" then path = "/" end
+  end
+  return path
+end
+
+-- fields made on first use
+local LAZY = {
+  path = function(req) return target_path(req.target) end,
+  version = function(req) return req.minor == 1 and "1.1" or "1.0" end,
+  remote_address = function(req) return req._cx[CONN].remote_address end,
+  remote_port = function(req) return req._cx[CONN].remote_port end,
+  query = function(req)
+    local target = req.target
+    local q = find(target, "?", 1, true)
+    return parse_query(q and sub(target, q + 1))
+  end,
+}
+
 function Req.__index(req, k)
-  if k == "query" then
-    local q = parse_query(req._qs)
-    rawset(req, "query", q)
-    return q
+  local lazy = LAZY[k]
+  if lazy then
+    local v = lazy(req)
+    rawset(req, k, v)
+    return v
+  end
+  if k == "headers" then -- made on first use from the head's bytes
+    local h, st, msg = C.headers(rawget(req, "_buf"), rawget(req, "_hpos"),
+                                 req._cx[CFG].max_headers)
+    if not h then error(("malformed header (%d %s)"):format(st, msg), 2) end
+    rawset(req, "headers", h)
+    return h
   end
   return req_methods[k]
 end
@@ -339,8 +387,8 @@ local function send_continue(req)
   req._continue = false
   local res = req._res
   if res._sent then return end
-  local ok = req._cx.conn:write("HTTP/1.1 100 Continue\r\n\r\n")
-  if not ok then req._cx.broken = true end
+  local ok = req._cx[CONN]:write("HTTP/1.1 100 Continue\r\n\r\n")
+  if not ok then req._cx[BROKEN] = true end
 end
 
 -- body states
@@ -349,15 +397,15 @@ local B_DONE, B_LENGTH, B_SIZE, B_DATA, B_CRLF, B_TRAILER = 0, 1, 2, 3, 4, 5
 local function body_fail(req, status, msg, code)
   req._err = status
   req._state = B_DONE
-  req._cx.keep = false
+  req._cx[KEEP] = false
   return nil, msg, code
 end
 
 local function body_fill(req)
   local cx = req._cx
-  local ok, e, code = fill(cx, cx.cfg.body_timeout)
+  local ok, e, code = fill(cx, cx[CFG].body_timeout)
   if ok then return true end
-  cx.broken = true
+  cx[BROKEN] = true
   if code == "ETIMEDOUT" then return body_fail(req, 408, "timed out", "ETIMEDOUT") end
   if not e then return body_fail(req, 400, "connection closed in the body", "ECONNRESET") end
   return body_fail(req, 400, e, code)
@@ -384,15 +432,15 @@ function req_methods.read(req, n)
         local left = req._left
         local take = a < left and a or left
         if take > n then take = n end
-        local pos = cx.pos
-        local d = (pos == 1 and take == #cx.buf) and cx.buf or sub(cx.buf, pos, pos + take - 1)
-        cx.pos = pos + take
+        local pos = cx[POS]
+        local d = (pos == 1 and take == #cx[BUF]) and cx[BUF] or sub(cx[BUF], pos, pos + take - 1)
+        cx[POS] = pos + take
         left = left - take
         req._left = left
         if left == 0 then
           if st == B_LENGTH then
             req._state = B_DONE
-            cx.watch = cx.running -- the body is in: the end of the stream means gone
+            if cx[ST] == RUN then cx[ST] = WATCH end -- the body is in: the end of the stream means gone
           else
             req._state = B_CRLF
           end
@@ -402,12 +450,12 @@ function req_methods.read(req, n)
       local ok, e, code = body_fill(req)
       if not ok then req._errmsg, req._errcode = e, code; return nil, e, code end
     elseif st == B_SIZE then
-      local size, nxt = chunk_size(cx.buf, cx.pos)
+      local size, nxt = chunk_size(cx[BUF], cx[POS])
       if size then
-        cx.pos = nxt
+        cx[POS] = nxt
         local total = req._total + size
         req._total = total
-        if total > cx.cfg.max_body_size then
+        if total > cx[CFG].max_body_size then
           local e, code = "request body too large", "E2BIG"
           req._errmsg, req._errcode = e, code
           return body_fail(req, 413, e, code)
@@ -415,7 +463,7 @@ function req_methods.read(req, n)
         if size == 0 then req._state = B_TRAILER
         else req._left, req._state = size, B_DATA end
       elseif size == nil then
-        cx.broken = true
+        cx[BROKEN] = true
         local e, code = "malformed chunked body", "EPROTO"
         req._errmsg, req._errcode = e, code
         return body_fail(req, 400, e, code)
@@ -425,29 +473,29 @@ function req_methods.read(req, n)
       end
     elseif st == B_CRLF then
       if avail(cx) >= 2 then
-        if sub(cx.buf, cx.pos, cx.pos + 1) ~= "\r\n" then
-          cx.broken = true
+        if sub(cx[BUF], cx[POS], cx[POS] + 1) ~= "\r\n" then
+          cx[BROKEN] = true
           local e, code = "malformed chunked body", "EPROTO"
           req._errmsg, req._errcode = e, code
           return body_fail(req, 400, e, code)
         end
-        cx.pos = cx.pos + 2
+        cx[POS] = cx[POS] + 2
         req._state = B_SIZE
       else
         local ok, e, code = body_fill(req)
         if not ok then req._errmsg, req._errcode = e, code; return nil, e, code end
       end
     else -- B_TRAILER: never merged into req.headers
-      local cfg = cx.cfg
-      local t, nxt, msg = parse_trailers(cx.buf, cx.pos, cfg.max_header_size,
+      local cfg = cx[CFG]
+      local t, nxt, msg = parse_trailers(cx[BUF], cx[POS], cfg.max_header_size,
                                          cfg.max_headers)
       if t then
-        cx.pos = nxt
+        cx[POS] = nxt
         req.trailers = t
         req._state = B_DONE
-        cx.watch = cx.running
+        if cx[ST] == RUN then cx[ST] = WATCH end
       elseif t == nil then
-        cx.broken = true
+        cx[BROKEN] = true
         local e, code = "malformed trailer: " .. msg, "EPROTO"
         req._errmsg, req._errcode = e, code
         return body_fail(req, nxt, e, code)
@@ -467,7 +515,7 @@ function req_methods.body(req, max)
     argerror(1, "body", "max must be a non-negative number, got " .. describe(max))
   end
   if req._body then return req._body end
-  max = max or req._cx.cfg.max_body_size
+  max = max or req._cx[CFG].max_body_size
   local parts, n, size = {}, 0, 0
   while true do
     local d, e, code = req_methods.read(req)
@@ -477,7 +525,7 @@ function req_methods.body(req, max)
     end
     size = size + #d
     if size > max then
-      req._cx.keep = false
+      req._cx[KEEP] = false
       return nil, "request body too large", "E2BIG"
     end
     n = n + 1
@@ -492,9 +540,9 @@ end
 -- waiting); true when the body is complete.
 local function skip_buffered(req)
   local st, cx = req._state, req._cx
-  if st == B_DONE then return not req._err end
+  if st == B_DONE then return not rawget(req, "_err") end
   if st == B_LENGTH and avail(cx) >= req._left then
-    cx.pos = cx.pos + req._left
+    cx[POS] = cx[POS] + req._left
     req._state = B_DONE
     return true
   end
@@ -505,6 +553,7 @@ end
 
 local Res = {}
 Res.__index = Res
+Res.status = 200 -- (until set_status or a returned status sets the response's own)
 
 local function check_res(res, fname)
   if getmetatable(res) ~= Res then
@@ -578,7 +627,7 @@ local function send_head(res, length, body)
   local status = res.status
   res._sent = true
   if req._state ~= B_DONE and not skip_buffered(req) then
-    cx.keep = false -- the unread body would be taken for the next request
+    cx[KEEP] = false -- the unread body would be taken for the next request
   end
   local h = res._h
   local parts, n = {status_lines[status], false}, 2
@@ -591,7 +640,7 @@ local function send_head(res, length, body)
         if key == "content-length" then
           user_len = tonumber(h[i + 1])
         elseif key == "connection" then
-          if find(lower(h[i + 1]), "close", 1, true) then cx.keep = false end
+          if find(lower(h[i + 1]), "close", 1, true) then cx[KEEP] = false end
           name = false
         elseif key == "transfer-encoding" then
           name = false -- the framing is the server's
@@ -621,20 +670,20 @@ local function send_head(res, length, body)
       parts[n + 1] = "Transfer-Encoding: chunked\r\n"; n = n + 1
       res._chunked = true
     else
-      cx.keep = false -- an HTTP/1.0 body ends with the connection
+      cx[KEEP] = false -- an HTTP/1.0 body ends with the connection
     end
   end
-  if not cx.keep then parts[n + 1] = "Connection: close\r\n"; n = n + 1
+  if not cx[KEEP] then parts[n + 1] = "Connection: close\r\n"; n = n + 1
   elseif req.minor == 0 then parts[n + 1] = "Connection: keep-alive\r\n"; n = n + 1 end
   parts[n + 1] = "\r\n"
   parts[2] = user_date and "" or date_header()
   local ok, e, code
   if body and not res._nobody then
-    ok, e, code = cx.conn:write(concat(parts), body)
+    ok, e, code = cx[CONN]:write(concat(parts), body)
   else
-    ok, e, code = cx.conn:write(concat(parts))
+    ok, e, code = cx[CONN]:write(concat(parts))
   end
-  if not ok then cx.broken = true; cx.keep = false end
+  if not ok then cx[BROKEN] = true; cx[KEEP] = false end
   return ok, e, code
 end
 
@@ -653,20 +702,20 @@ function Res.write(res, chunk)
     if not ok then return nil, e, code end
   end
   if res._nobody or #chunk == 0 then return true end
-  if cx.broken then return nil, "connection closed", "EPIPE" end
+  if cx[BROKEN] then return nil, "connection closed", "EPIPE" end
   local ok, e, code
   if res._chunked then
-    ok, e, code = cx.conn:write(format("%x\r\n", #chunk), chunk, "\r\n")
+    ok, e, code = cx[CONN]:write(format("%x\r\n", #chunk), chunk, "\r\n")
   else
     local left = res._length
     if left then -- a Content-Length the handler set: no byte beyond it
-      if #chunk > left then chunk = sub(chunk, 1, left); cx.keep = false end
+      if #chunk > left then chunk = sub(chunk, 1, left); cx[KEEP] = false end
       res._length = left - #chunk
       if #chunk == 0 then return true end
     end
-    ok, e, code = cx.conn:write(chunk)
+    ok, e, code = cx[CONN]:write(chunk)
   end
-  if not ok then cx.broken = true; cx.keep = false end
+  if not ok then cx[BROKEN] = true; cx[KEEP] = false end
   return ok, e, code
 end
 
@@ -686,12 +735,12 @@ function Res.finish(res, body)
   local ok, e, code = true, nil, nil
   if body and body ~= "" then ok, e, code = Res.write(res, body) end
   res._done = true
-  if ok and res._chunked and not res._nobody and not cx.broken then
-    ok, e, code = cx.conn:write("0\r\n\r\n")
-    if not ok then cx.broken = true end
+  if ok and res._chunked and not res._nobody and not cx[BROKEN] then
+    ok, e, code = cx[CONN]:write("0\r\n\r\n")
+    if not ok then cx[BROKEN] = true end
   end
   -- short of the Content-Length it announced: only the close can tell
-  if res._length and res._length > 0 and not res._nobody then cx.keep = false end
+  if res._length and res._length > 0 and not res._nobody then cx[KEEP] = false end
   return ok, e, code
 end
 
@@ -716,16 +765,15 @@ local function respond_error(res, status)
   return send_head(res, #body, body)
 end
 
--- The headers a handler returned, checked: the lines of a simple head
--- (simple: false when a name the server handles itself is among them;
--- the headers then go to res for send_head), or nil after answering 500.
-local function returned_headers(cx, req, res, c, simple)
+-- The headers a handler returned, checked and given to res for
+-- send_head: true, or nil after answering 500. (The common case, a head
+-- made in one string by simple_head, does not come here.)
+local function returned_headers(cx, req, res, c)
   if type(c) ~= "table" then
     log_error(cx, req, "handler returned headers that are not a table")
     respond_error(res, 500)
     return nil
   end
-  local extra = ""
   for k, v in next, c do
     if type(v) == "number" then v = tostring(v) end
     if type(k) ~= "string" or type(v) ~= "string" or check_field(k, v) ~= 0 then
@@ -733,42 +781,33 @@ local function returned_headers(cx, req, res, c, simple)
       respond_error(res, 500)
       return nil
     end
-    if simple then
-      local b1 = byte(k, 1)
-      -- (content-length, connection, transfer-encoding, date)
-      if b1 == 99 or b1 == 67 or b1 == 116 or b1 == 84 or b1 == 100 or b1 == 68 then
-        local lk = lower(k)
-        if lk == "content-length" or lk == "connection" or
-           lk == "transfer-encoding" or lk == "date" then simple = false end
-      end
-      extra = extra .. k .. ": " .. v .. "\r\n"
-    end
   end
-  if not simple then
-    for k, v in next, c do add_header(res, k, tostring(v)) end
-  end
-  return extra, simple
+  for k, v in next, c do add_header(res, k, tostring(v)) end
+  return true
 end
 
 -- Runs one request; returns true to go on with the connection.
 local function run_request(cx, req, res)
-  local handler = cx.cfg.handler
-  cx.watch = req._state == B_DONE or (req._state == B_LENGTH and avail(cx) >= req._left)
-  cx.running = true
+  local handler = cx[CFG].handler
+  cx[ST] = (req._state == B_DONE or (req._state == B_LENGTH and avail(cx) >= req._left))
+          and WATCH or RUN
   local ok, a, b, c = xpcall(handler, handler_error, req, res)
-  cx.watch, cx.running = false, false
-  if cx.gone then return false end
+  cx[ST] = false
+  if cx[GONE] then return false end
   if not ok then
     if getmetatable(a) == nil or type(a) == "string" then log_error(cx, req, a)
     else log_error(cx, req, tostring(a)) end
-    if res._sent then cx.keep = false; return false end
+    if res._sent then cx[KEEP] = false; return false end
     res._done = false
     respond_error(res, req._err or 500)
-    return cx.keep and not cx.broken
+    return cx[KEEP] and not cx[BROKEN]
   end
+  -- (rawget: a field a request has only after a failed body; a miss
+  -- through Req.__index would cost a call per request)
+  local err = rawget(req, "_err")
   if not res._done then
-    if req._err and not res._sent then
-      respond_error(res, req._err)
+    if err and not res._sent then
+      respond_error(res, err)
     elseif res._sent then
       Res.finish(res)
     elseif type(a) == "number" then
@@ -776,25 +815,28 @@ local function run_request(cx, req, res)
         log_error(cx, req, "handler returned an invalid status " .. tostring(a))
         respond_error(res, 500)
       else
-        res.status = a
         if b ~= nil and type(b) ~= "string" then b = tostring(b) end
         -- simple: the head is made here, in one string
-        local simple = not res._h and not req._err and b and not no_body_status(a) and
+        local simple = not res._h and not err and b and not no_body_status(a) and
                        req.method ~= "HEAD" and (req._state == B_DONE or skip_buffered(req))
-        local extra = ""
-        if c ~= nil then
-          extra, simple = returned_headers(cx, req, res, c, simple)
-          if not extra then return cx.keep and not cx.broken end
+        local head
+        if simple then -- (false: a header the server frames, or one to reject)
+          head = simple_head(status_lines[a], date_header(), c, #b, cx[KEEP] and
+            (req.minor == 1 and "\r\n\r\n" or "\r\nConnection: keep-alive\r\n\r\n")
+            or "\r\nConnection: close\r\n\r\n", #b <= 4096 and b or nil)
+        end
+        if not head and c ~= nil then
+          if not returned_headers(cx, req, res, c) then return cx[KEEP] and not cx[BROKEN] end
         end
         res._done = true
-        if simple then
-          local ok2 = cx.conn:write(status_lines[a], date_header(), extra,
-            "Content-Length: ", #b, cx.keep and
-            (req.minor == 1 and "\r\n\r\n" or "\r\nConnection: keep-alive\r\n\r\n")
-            or "\r\nConnection: close\r\n\r\n", b)
+        if head then
+          local ok2
+          if #b <= 4096 then ok2 = cx[CONN]:write(head)
+          else ok2 = cx[CONN]:write(head, b) end
           res._sent = true
-          if not ok2 then cx.broken = true end
+          if not ok2 then cx[BROKEN] = true end
         else
+          res.status = a
           send_head(res, b and #b or 0, b)
         end
       end
@@ -802,14 +844,14 @@ local function run_request(cx, req, res)
       Res.finish(res)
     end
   end
-  if req._state ~= B_DONE and not skip_buffered(req) then cx.keep = false end
-  return cx.keep and not cx.broken
+  if req._state ~= B_DONE and not skip_buffered(req) then cx[KEEP] = false end
+  return cx[KEEP] and not cx[BROKEN]
 end
 
 -- The rest of a head that came in part: reads until it is complete,
 -- within headers_timeout of its first bytes.
 local function read_head_slow(srv, cx)
-  local cfg = cx.cfg
+  local cfg = cx[CFG]
   local deadline = now() + cfg.headers_timeout
   while true do
     local t = deadline - now()
@@ -817,34 +859,26 @@ local function read_head_slow(srv, cx)
     local r, _, code = fill(cx, t)
     if not r then
       if code == "ETIMEDOUT" then return reject(cx, 408, "headers timeout") end
-      cx.broken = true
+      cx[BROKEN] = true
       return close_conn(cx)
     end
     local method, target, minor, headers, nxt, body, length, flags =
-      parse_request(cx.buf, cx.pos, cfg.max_request_line, cfg.max_header_size,
-                    cfg.max_headers)
+      parse_request(cx[BUF], cx[POS], cfg.max_request_line, cfg.max_header_size,
+                    cfg.max_headers, true)
     if method then return method, target, minor, headers, nxt, body, length, flags end
     if method == nil then return reject(cx, target, minor) end
   end
 end
 
--- The head of a connection's next request: the results of
--- parse_request, or nothing once the connection is done (answered and
--- closed here). (No loop on the common path: the JIT compiles it.)
-local function read_head(srv, cx, nreq)
-  local cfg = cx.cfg
-  if cx.pos > #cx.buf then -- idle: wait for the next request
-    if srv.closing then return close_conn(cx) end
-    local r, _, code = fill_idle(cx, nreq == 0 and cfg.headers_timeout or
-                                     cfg.keepalive_timeout)
-    if not r then
-      cx.broken = code ~= "ETIMEDOUT"
-      return close_conn(cx)
-    end
-  end
+-- The head of a connection's next request, some of it in the buffer:
+-- the results of parse_request, or nothing once the connection is done
+-- (answered and closed here). (No loop on the common path: the JIT
+-- compiles it.)
+local function read_head(srv, cx)
+  local cfg = cx[CFG]
   local method, target, minor, headers, nxt, body, length, flags =
-    parse_request(cx.buf, cx.pos, cfg.max_request_line, cfg.max_header_size,
-                  cfg.max_headers)
+    parse_request(cx[BUF], cx[POS], cfg.max_request_line, cfg.max_header_size,
+                  cfg.max_headers, true)
   if method then return method, target, minor, headers, nxt, body, length, flags end
   if method == nil then return reject(cx, target, minor) end
   return read_head_slow(srv, cx)
@@ -854,75 +888,107 @@ end
 -- request is refused (answered and closed here).
 local function new_exchange(srv, cx, nreq, method, target, minor, headers, nxt,
                             body, length, flags)
-  local cfg = cx.cfg
-  cx.pos = nxt
+  local cfg = cx[CFG]
+  cx[POS] = nxt
   local keep
   if minor == 1 then keep = band(flags, F_CLOSE) == 0
   else keep = band(flags, F_KEEPALIVE) ~= 0 and band(flags, F_CLOSE) == 0 end
   if nreq >= cfg.max_requests_per_connection or srv.closing then keep = false end
-  cx.keep = keep
+  cx[KEEP] = keep
   if body == BODY_LENGTH and length > cfg.max_body_size then
     return reject(cx, 413, "request body too large")
   elseif body == BODY_CHUNKED then
-    local okc, st, msg = scan_chunks(cx.buf, nxt, cfg.max_body_size,
+    local okc, st, msg = scan_chunks(cx[BUF], nxt, cfg.max_body_size,
                                      cfg.max_header_size, cfg.max_headers)
     if not okc then return reject(cx, st, msg) end
   end
-  local q = find(target, "?", 1, true)
-  local path = q and sub(target, 1, q - 1) or target
-  if byte(path, 1) ~= 47 and find(path, "^[Hh][Tt][Tt][Pp][Ss]?://") then
-    path = path:match("^%a+://[^/]*(.*)$")
-    if path == "" then path = "/" end
+  -- (a small table: what the handler may not need is made by Req.__index)
+  local req = setmetatable({method = method, target = target, minor = minor,
+    _cx = cx, _buf = cx[BUF], _hpos = headers, _res = false,
+    _state = body == BODY_LENGTH and B_LENGTH or body == BODY_CHUNKED and B_SIZE or
+             B_DONE}, Req)
+  if body ~= BODY_NONE then
+    req._left, req._total = length, 0
+    req._continue = band(flags, F_CONTINUE) ~= 0
   end
-  local conn = cx.conn
-  local req = setmetatable({method = method, target = target, path = path,
-    version = minor == 1 and "1.1" or "1.0", minor = minor,
-    headers = headers, _qs = q and sub(target, q + 1) or false,
-    _cx = cx, _state = body == BODY_LENGTH and B_LENGTH or
-                       body == BODY_CHUNKED and B_SIZE or B_DONE,
-    _left = length, _total = 0,
-    _continue = band(flags, F_CONTINUE) ~= 0 and body ~= 0,
-    remote_address = conn.remote_address, remote_port = conn.remote_port},
-    Req)
-  local res = setmetatable({status = 200, _cx = cx, _req = req,
-                            _sent = false, _done = false}, Res)
+  local res = setmetatable({_cx = cx, _req = req, _sent = false, _done = false}, Res)
   req._res = res
   return req, res
 end
 
--- A connection's requests, one after the other, until it ends.
-local function conn_loop(srv, cx)
-  if srv.n > cx.cfg.max_connections then
-    return reject(cx, 503, "too many connections")
-  end
-  local nreq = 0
-  while true do
-    local method, target, minor, headers, nxt, body, length, flags = read_head(srv, cx, nreq)
-    if not method then return end
+-- The requests of a connection's buffer, one after the other (and the
+-- rest of one that came in part): the count of requests so far once the
+-- buffer is empty and the connection waits for more, or false when it
+-- is done (closed here).
+local function serve_buffered(srv, cx, nreq)
+  repeat
+    local method, target, minor, headers, nxt, body, length, flags = read_head(srv, cx)
+    if not method then return false end
     nreq = nreq + 1
     local req, res = new_exchange(srv, cx, nreq, method, target, minor, headers,
                                   nxt, body, length, flags)
-    if not req then return end
-    if not run_request(cx, req, res) then return close_conn(cx) end
-  end
+    if not req then return false end
+    if not run_request(cx, req, res) then close_conn(cx); return false end
+  until cx[POS] > #cx[BUF]
+  return nreq
 end
 
+-- After a read of the connection's next request: serves what came
+-- (protected); the count of requests so far, or false when the
+-- connection is done (closed here, and counted out).
+local function serve_step(srv, cx, nreq)
+  local ok, e = xpcall(serve_buffered, handler_error, srv, cx, nreq)
+  if ok and e then return e end
+  if not ok then
+    if not cx[GONE] then stderr:write("tide.http: ", tostring(e), "\n") end
+    cx[BROKEN] = true
+  end
+  return false
+end
+
+-- The end of a connection's task.
+local function serve_end(srv, cx, close)
+  if close then
+    local ok, e = xpcall(close_conn, handler_error, cx)
+    if not ok then stderr:write("tide.http: ", tostring(e), "\n"); cx[BROKEN] = true end
+  end
+  srv.live[cx] = nil
+  srv.n = srv.n - 1
+  if not cx[CLOSED] then cx[CLOSED] = true; cx[CONN]:close() end
+end
+
+-- A connection's task. The wait for the next request is here, in a small
+-- frame and not under a pcall: a parked idle connection keeps its
+-- coroutine's stack at the size it was made with (deeper, the stack
+-- doubles: 0.4 KiB more per connection). If that wait raises (the task
+-- cancelled), the sweeper counts the connection out once its deadline
+-- passes.
 local function serve_conn(srv, conn)
   local cfg = srv.cfg
-  local cx = {conn = conn, buf = "", pos = 1, cfg = cfg, deadline = false,
-              keep = true, task = current()}
+  local cx = {conn, "", 1, cfg, false, true, current(), false}
   conn:set_timeout(nil, cfg.send_timeout)
   srv.n = srv.n + 1
-  local live = srv.live
-  live[cx] = true
-  local ok, e = xpcall(conn_loop, handler_error, srv, cx)
-  live[cx] = nil
-  srv.n = srv.n - 1
-  if not ok then
-    if not cx.gone then stderr:write("tide.http: ", tostring(e), "\n") end
-    cx.broken = true
+  srv.live[cx] = true
+  if srv.n > cfg.max_connections then
+    local ok, e = xpcall(reject, handler_error, cx, 503, "too many connections")
+    if not ok then stderr:write("tide.http: ", tostring(e), "\n") end
+    return serve_end(srv, cx, false)
   end
-  if not cx.closed then cx.closed = true; conn:close() end
+  local nreq = 0
+  repeat
+    if srv.closing then return serve_end(srv, cx, true) end
+    cx[DEADLINE] = now() + (nreq == 0 and cfg.headers_timeout or cfg.keepalive_timeout)
+    cx[ST] = IDLE
+    local d = conn:read()
+    cx[DEADLINE], cx[ST] = false, false
+    if not d then
+      cx[BROKEN] = not cx[TIMED_OUT]
+      return serve_end(srv, cx, true)
+    end
+    append(cx, d)
+    nreq = serve_step(srv, cx, nreq)
+  until not nreq
+  return serve_end(srv, cx, false)
 end
 
 local Server = {}
@@ -935,7 +1001,7 @@ function Server.close(srv)
   srv.closing = true
   srv.net:close() -- (the sweeper goes on for the connections still open)
   for cx in pairs(srv.live) do
-    if cx.idle and not cx.closed then cx.closed = true; cx.conn:close() end
+    if cx[ST] == IDLE and not cx[CLOSED] then cx[CLOSED] = true; cx[CONN]:close() end
   end
 end
 
@@ -1050,7 +1116,7 @@ local function cfill(cx, deadline)
     if e == nil then return nil, "connection closed by the server", "ECONNRESET" end
     return nil, e, code
   end
-  append(cx, d)
+  capp(cx, d)
   cx.got = true
   return true
 end
@@ -1068,11 +1134,11 @@ local function read_body(cx, kind, length, until_close, deadline, max)
   if kind == BODY_LENGTH then
     local left = length
     while left > 0 do
-      local a = avail(cx)
+      local a = cavail(cx)
       if a == 0 then
         local ok, e, code = cfill(cx, deadline)
         if not ok then return nil, e, code end
-        a = avail(cx)
+        a = cavail(cx)
       end
       local take = a < left and a or left
       if not add(sub(cx.buf, cx.pos, cx.pos + take - 1)) then
@@ -1101,7 +1167,7 @@ local function read_body(cx, kind, length, until_close, deadline, max)
           break
         end
         local left = size_ + 2
-        while avail(cx) < left do
+        while cavail(cx) < left do
           local ok, e, code = cfill(cx, deadline)
           if not ok then return nil, e, code end
         end
@@ -1115,7 +1181,7 @@ local function read_body(cx, kind, length, until_close, deadline, max)
       end
     end
   elseif until_close then
-    if avail(cx) > 0 then
+    if cavail(cx) > 0 then
       add(sub(cx.buf, cx.pos)); cx.pos = #cx.buf + 1
     end
     while true do
@@ -1238,7 +1304,7 @@ local function exchange(scheme, host, port, target, method, headers, body,
       ok, e, code = cfill(cx, deadline)
       if not ok then
         conn:close()
-        if code == "ECONNRESET" and avail(cx) > 0 then return fail_eproto("truncated head") end
+        if code == "ECONNRESET" and cavail(cx) > 0 then return fail_eproto("truncated head") end
         return nil, e, code, reused and not got
       end
     end
@@ -1251,7 +1317,7 @@ local function exchange(scheme, host, port, target, method, headers, body,
   if not rbody then conn:close(); return nil, be, bcode end
   local keep = not until_close and band(flags, F_CLOSE) == 0 and
                (minor == 1 or band(flags, F_KEEPALIVE) ~= 0)
-  if keep and avail(cx) == 0 then
+  if keep and cavail(cx) == 0 then
     cx.buf, cx.pos = "", 1
     pool_put(origin, cx)
   else

@@ -246,6 +246,32 @@ static void check_shape(const char *fn, int base, int n, size_t len) {
   }
 }
 
+/* Runs the Lua chunk src with the module as its first argument and buf
+ * (len bytes) as its second; leaves its results on the stack from base+1. */
+static int run_lua(const char *src, const char *buf, size_t len, int *base) {
+  *base = lua_gettop(L);
+  ck_assert_int_eq(luaL_loadstring(L, src), 0);
+  lua_pushvalue(L, mod);
+  lua_pushlstring(L, buf, len);
+  ck_assert_msg(lua_pcall(L, 2, LUA_MULTRET, 0) == 0, "%s", lua_tostring(L, -1));
+  return lua_gettop(L) - *base;
+}
+
+/* parse_request's lazy form gives the same results, and headers() at the
+ * position it gives the same table as the eager form's. */
+static const char SAME_LAZY[] =
+    "local H, b = ...\n"
+    "local e = {H.parse_request(b, 1, 8192, 16384, 100)}\n"
+    "local l = {H.parse_request(b, 1, 8192, 16384, 100, true)}\n"
+    "if not e[1] then return l[1] == e[1] and l[2] == e[2] and l[3] == e[3] end\n"
+    "for i = 1, 8 do if i ~= 4 and e[i] ~= l[i] then return false, 'slot ' .. i end end\n"
+    "if type(l[4]) ~= 'number' then return false, 'not a position' end\n"
+    "local h = H.headers(b, l[4], 100)\n"
+    "if getmetatable(h) ~= H.headers_mt then return false, 'metatable' end\n"
+    "for k, v in pairs(e[4]) do if h[k] ~= v then return false, k end end\n"
+    "for k, v in pairs(h) do if e[4][k] ~= v then return false, k end end\n"
+    "return true\n";
+
 START_TEST(test_fuzz) {
   static const double rlim[] = {8192, 16384, 100}, slim[] = {65536, 100},
                       clim[] = {1048576, 16384, 100};
@@ -262,6 +288,12 @@ START_TEST(test_fuzz) {
       size_t end = (size_t)lua_tointeger(L, base + 5) - 1, k;
       accepted++;
       lua_settop(L, base);
+      {
+        int b3;
+        run_lua(SAME_LAZY, buf, len, &b3);
+        ck_assert_msg(lua_toboolean(L, b3 + 1), "lazy differs: %s", lua_tostring(L, b3 + 2));
+        lua_settop(L, b3);
+      }
       for (k = 0; k < end; k += 1 + k / 8) {
         int b2;
         call("parse_request", buf, k, 1, rlim, 3, &b2);
@@ -289,6 +321,99 @@ START_TEST(test_fuzz) {
 }
 END_TEST
 
+START_TEST(test_lazy_headers) {
+  static const char req[] = "GET /x HTTP/1.1\r\nHost: example\r\nX-Two: a\r\n"
+                            "x-two:  b \r\nAccept: */*\r\n\r\nrest";
+  int base, n = call("parse_request", req, sizeof req - 1, 1, REQ_LIMITS, 3, &base);
+  ck_assert_int_eq(n, 8);
+  lua_settop(L, base);
+  /* the position is that of the first field line */
+  n = run_lua("local H, b = ... return select(4, H.parse_request(b, 1, 8192, 16384, 100, true))",
+              req, sizeof req - 1, &base);
+  ck_assert_int_eq(lua_tointeger(L, base + 1), (lua_Integer)(strlen("GET /x HTTP/1.1\r\n") + 1));
+  lua_settop(L, base);
+  n = run_lua("local H, b = ... local h = H.headers(b, 18, 100) "
+              "return h['x-two'], h.host, h.accept, h['X-TWO']", req, sizeof req - 1, &base);
+  ck_assert_int_eq(n, 4);
+  ck_assert_str_eq(lua_tostring(L, base + 1), "a, b");
+  ck_assert_str_eq(lua_tostring(L, base + 2), "example");
+  ck_assert_str_eq(lua_tostring(L, base + 3), "*/*");
+  ck_assert(lua_isnil(L, base + 4)); /* (the case-insensitive __index is the Lua half's) */
+  lua_settop(L, base);
+  n = run_lua(SAME_LAZY, req, sizeof req - 1, &base);
+  ck_assert_msg(lua_toboolean(L, base + 1), "lazy differs: %s", lua_tostring(L, base + 2));
+  lua_settop(L, base);
+  /* a block that does not end, or a bad line: an error, not a table */
+  n = run_lua("local H, b = ... local h, st = H.headers('Host: a\\r\\n', 1, 100) "
+              "local h2, st2 = H.headers('Host a\\r\\n\\r\\n', 1, 100) return h, st, h2, st2",
+              "", 0, &base);
+  ck_assert(lua_isnil(L, base + 1));
+  ck_assert_int_eq(lua_tointeger(L, base + 2), 400);
+  ck_assert(lua_isnil(L, base + 3));
+  ck_assert_int_eq(lua_tointeger(L, base + 4), 400);
+  lua_settop(L, base);
+}
+END_TEST
+
+START_TEST(test_simple_head) {
+  int base, n;
+  n = run_lua("local H = ... return H.simple_head('HTTP/1.1 200 OK\\r\\n', 'Date: D\\r\\n', "
+              "{['Content-Type'] = 'text/plain'}, 11, '\\r\\n\\r\\n', 'hello world')",
+              "", 0, &base);
+  ck_assert_int_eq(n, 1);
+  ck_assert_str_eq(lua_tostring(L, base + 1),
+                   "HTTP/1.1 200 OK\r\nDate: D\r\nContent-Type: text/plain\r\n"
+                   "Content-Length: 11\r\n\r\nhello world");
+  lua_settop(L, base);
+  /* no headers, no body; lengths of several digits */
+  n = run_lua("local H = ... return H.simple_head('S\\r\\n', '', nil, 0, '\\r\\n\\r\\n'), "
+              "H.simple_head('S\\r\\n', '', {}, 1234567890, '\\r\\nConnection: close\\r\\n\\r\\n')",
+              "", 0, &base);
+  ck_assert_str_eq(lua_tostring(L, base + 1), "S\r\nContent-Length: 0\r\n\r\n");
+  ck_assert_str_eq(lua_tostring(L, base + 2),
+                   "S\r\nContent-Length: 1234567890\r\nConnection: close\r\n\r\n");
+  lua_settop(L, base);
+  /* headers the server frames itself, in any case, and number values: false */
+  n = run_lua("local H = ... local r = {} "
+              "for i, h in ipairs{{['content-LENGTH'] = '3'}, {Date = 'x'}, {connection = 'close'}, "
+              "{['Transfer-Encoding'] = 'chunked'}, {['X-N'] = 5}} do "
+              "r[i] = H.simple_head('S\\r\\n', '', h, 1, '\\r\\n\\r\\n') end "
+              "return r[1], r[2], r[3], r[4], r[5]", "", 0, &base);
+  ck_assert_int_eq(n, 5);
+  for (n = 1; n <= 5; n++)
+    ck_assert_msg(lua_isboolean(L, base + n) && !lua_toboolean(L, base + n), "case %d", n);
+  lua_settop(L, base);
+  /* invalid names and values: nil and the key */
+  n = run_lua("local H = ... "
+              "local a1, a2 = H.simple_head('S', '', {['Bad Name'] = 'x'}, 1, '') "
+              "local b1, b2 = H.simple_head('S', '', {X = 'a\\r\\nb'}, 1, '') "
+              "local c1, c2 = H.simple_head('S', '', {X = 'a\\0b'}, 1, '') "
+              "local d1, d2 = H.simple_head('S', '', {[1] = 'x'}, 1, '') "
+              "local e1, e2 = H.simple_head('S', '', {X = {}}, 1, '') "
+              "local f1, f2 = H.simple_head('S', '', 'headers', 1, '') "
+              "return a1 == nil and a2 == 'Bad Name', b1 == nil and b2 == 'X', "
+              "c1 == nil and c2 == 'X', d1 == nil and d2 == 1, e1 == nil and e2 == 'X', "
+              "f1 == nil and f2 == nil", "", 0, &base);
+  ck_assert_int_eq(n, 6);
+  for (n = 1; n <= 6; n++) ck_assert_msg(lua_toboolean(L, base + n), "case %d", n);
+  lua_settop(L, base);
+  /* a head larger than the stack buffer */
+  n = run_lua("local H = ... local v = ('v'):rep(5000) "
+              "local h = H.simple_head('S\\r\\n', '', {X = v}, 2, '\\r\\n\\r\\n', 'ok') "
+              "return h == 'S\\r\\nX: ' .. v .. '\\r\\nContent-Length: 2\\r\\n\\r\\nok'",
+              "", 0, &base);
+  ck_assert(lua_toboolean(L, base + 1));
+  lua_settop(L, base);
+  /* a length out of range is misuse */
+  base = lua_gettop(L);
+  ck_assert_int_eq(luaL_loadstring(L, "local H = ... return H.simple_head('S', '', nil, -1, '')"), 0);
+  lua_pushvalue(L, mod);
+  ck_assert_int_ne(lua_pcall(L, 1, 0, 0), 0);
+  ck_assert_ptr_nonnull(strstr(lua_tostring(L, -1), "length out of range"));
+  lua_settop(L, base);
+}
+END_TEST
+
 static Suite *http_suite(void) {
   Suite *s = suite_create("http");
   TCase *tc = tcase_create("parser");
@@ -300,6 +425,8 @@ static Suite *http_suite(void) {
   tcase_add_test(tc, test_chunk_size);
   tcase_add_test(tc, test_response);
   tcase_add_test(tc, test_fuzz);
+  tcase_add_test(tc, test_lazy_headers);
+  tcase_add_test(tc, test_simple_head);
   suite_add_tcase(s, tc);
   return s;
 }
