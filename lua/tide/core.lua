@@ -63,8 +63,27 @@ local error_handler       -- set by tide.on_error
 
 -- argument checks ----------------------------------------------------------
 
-local function argerror(n, fname, msg)
-  error(("bad argument #%d to '%s' (%s)"):format(n, fname, msg), 3)
+-- level: the frame blamed, counted from argerror (3: the caller of the
+-- function that checks its arguments)
+local function argerror(n, fname, msg, level)
+  error(("bad argument #%d to '%s' (%s)"):format(n, fname, msg), level or 3)
+end
+
+-- a value as an argument error names it
+local function describe(v)
+  if type(v) == "string" then return ("%q"):format(v) end
+  if type(v) == "number" then return tostring(v) end
+  return type(v)
+end
+
+-- an optional timeout of a module's call (nil: none; negative: 0)
+local function optional_seconds(s, n, fname, what)
+  if s == nil then return nil end
+  if type(s) ~= "number" or s ~= s or s == huge or s == -huge then
+    argerror(n, fname, (what or "seconds") ..
+      " must be a finite number or nil, got " .. tostring(s), 4)
+  end
+  return s < 0 and 0 or s
 end
 
 local function check_seconds(s, n, fname, optional)
@@ -1124,6 +1143,9 @@ end
 -- task is cancelled) until tide._complete(obj, ...) hands it the results.
 tide._await = await
 tide._complete = complete
+-- the argument checks every module shares
+tide._argerror, tide._describe = argerror, describe
+tide._optional_seconds = optional_seconds
 -- tide.spawn(fn, arg) for a task that may stay parked for long (a
 -- server's handler of a connection): its coroutine is its own, not a
 -- pooled runner, and fn runs at the bottom of that coroutine's stack, so

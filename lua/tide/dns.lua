@@ -38,11 +38,7 @@ local function argerror(n, fname, msg, lvl)
   error(("bad argument #%d to '%s' (%s)"):format(n, fname, msg), lvl)
 end
 
-local function describe(v)
-  if type(v) == "string" then return ("%q"):format(v) end
-  if type(v) == "number" then return tostring(v) end
-  return type(v)
-end
+local describe = tide._describe
 
 -- a host name: a non-empty string without NUL bytes
 local function check_name(name, n, fname, what, lvl)

@@ -28,15 +28,9 @@ local CHUNK = 65536 -- file:read() with no count, and lines()' read-ahead
 -- argument checks -----------------------------------------------------------
 -- level: 3 when called by the public function itself, 4 from a checker.
 
-local function argerror(n, fname, msg, level)
-  error(("bad argument #%d to '%s' (%s)"):format(n, fname, msg), level or 3)
-end
+local argerror = tide._argerror
 
-local function describe(v)
-  if type(v) == "string" then return ("%q"):format(v) end
-  if type(v) == "number" then return tostring(v) end
-  return type(v)
-end
+local describe = tide._describe
 
 local function check_path(p, n, fname, what)
   if type(p) ~= "string" then

@@ -96,9 +96,7 @@ end
 
 -- argument checks ---------------------------------------------------------------
 
-local function argerror(n, fname, msg, level)
-  error(("bad argument #%d to '%s' (%s)"):format(n, fname, msg), level or 3)
-end
+local argerror = tide._argerror
 
 local function describe(v)
   if type(v) == "string" then return format("%q", v) end

@@ -59,15 +59,9 @@ net.defaults = {read_high = C.READ_HIGH, write_high = C.WRITE_HIGH,
 -- level: 3 when called by the public function itself, 4 from a checker.
 -- Methods number their arguments from the first after self, as Lua does.
 
-local function argerror(n, fname, msg, level)
-  error(("bad argument #%d to '%s' (%s)"):format(n, fname, msg), level or 3)
-end
+local argerror = tide._argerror
 
-local function describe(v)
-  if type(v) == "string" then return ("%q"):format(v) end
-  if type(v) == "number" then return tostring(v) end
-  return type(v)
-end
+local describe = tide._describe
 
 local function check_seconds(s, n, fname)
   if s == nil then return false end

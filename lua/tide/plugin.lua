@@ -36,9 +36,7 @@ local DEFAULT_MAX_FAILURES = 5
 local DEFAULT_TIMEOUT = false
 local WATCH_DELAY = 0.05            -- a burst of file events, one reload
 
-local function argerror(n, fname, msg)
-  error(("bad argument #%d to '%s' (%s)"):format(n, fname, msg), 3)
-end
+local argerror = tide._argerror
 
 -- a string for any error value, without running a plugin's __tostring
 local function message(e)

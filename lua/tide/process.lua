@@ -25,18 +25,9 @@ process.pid = C.getpid()
 
 -- argument checks ----------------------------------------------------------------
 
-local function argerror(n, fname, msg, level)
-  error(("bad argument #%d to '%s' (%s)"):format(n, fname, msg), level or 3)
-end
+local argerror = tide._argerror
 
-local function check_seconds(s, n, fname, what)
-  if s == nil then return nil end
-  if type(s) ~= "number" or s ~= s or s == huge or s == -huge then
-    argerror(n, fname, (what or "seconds") .. " must be a finite number or nil, got " ..
-      tostring(s), 4)
-  end
-  return s < 0 and 0 or s
-end
+local check_seconds = tide._optional_seconds
 
 -- A signal name ("SIGTERM", "TERM") or number -> signo, "SIGTERM"
 local function check_signal(sig, n, fname)

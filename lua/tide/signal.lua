@@ -12,18 +12,9 @@ local await, complete, hrtime = tide._await, tide._complete, tide.hrtime
 
 local signal = {}
 
-local function argerror(n, fname, msg, level)
-  error(("bad argument #%d to '%s' (%s)"):format(n, fname, msg), level or 3)
-end
+local argerror = tide._argerror
 
-local function check_seconds(s, n, fname, what)
-  if s == nil then return nil end
-  if type(s) ~= "number" or s ~= s or s == huge or s == -huge then
-    argerror(n, fname, (what or "seconds") ..
-      " must be a finite number or nil, got " .. tostring(s), 4)
-  end
-  return s < 0 and 0 or s
-end
+local check_seconds = tide._optional_seconds
 
 -- signals a handler cannot take: KILL and STOP, and the faults the
 -- kernel raises in the faulting thread (no loop can run for them)
