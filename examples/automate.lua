@@ -91,7 +91,11 @@ end
 -- Running jobs ----------------------------------------------------------------
 
 local running = {}   -- job name -> the task running it
-local in_flight = 0  -- jobs running now (SIGTERM waits for them)
+local function in_flight() -- jobs running now (SIGTERM waits for them)
+  local n = 0
+  for _ in pairs(running) do n = n + 1 end
+  return n
+end
 local idle = tide.cond()
 
 local function report(url, result)
@@ -112,7 +116,6 @@ local function run_job(conf, job, env)
     return
   end
   running[job.name] = tide.spawn(function()
-    in_flight = in_flight + 1
     local t0 = tide.now()
     local opts = {}
     for i, word in ipairs(job.run) do opts[i] = word end
@@ -134,8 +137,7 @@ local function run_job(conf, job, env)
     if env and env.CHANGED then result.changed = env.CHANGED end
     if conf.report_url then report(conf.report_url, result) end
     running[job.name] = nil
-    in_flight = in_flight - 1
-    if in_flight == 0 then idle:broadcast() end
+    if next(running) == nil then idle:broadcast() end
   end)
 end
 
@@ -220,13 +222,13 @@ local function shutdown(name)
     tide.exit(1)
   end
   stopping = true
-  log.info("stopping", {signal = name, running = in_flight})
+  log.info("stopping", {signal = name, running = in_flight()})
   stop_all()
   local deadline = tide.now() + (conf.grace or 10)
-  while in_flight > 0 do
+  while next(running) ~= nil do
     local left = deadline - tide.now()
     if left <= 0 or not idle:wait(left) then
-      log.warn("grace period over, exiting with jobs running", {running = in_flight})
+      log.warn("grace period over, exiting with jobs running", {running = in_flight()})
       tide.exit(1)
     end
   end
