@@ -3,7 +3,7 @@
  * them to come back, ROUNDS times, then all close; it prints
  * "RESULT roundtrips=X seconds=S". The echo workload of bench/run.sh runs
  * for a fixed time instead; this one is for instruction counts of a
- * server (bench/callgrind_echo.sh), where the work must be the same for
+ * server (bench/callgrind.sh echo), where the work must be the same for
  * every server.
  * usage: echo_count PORT [NCONN=50] [ROUNDS=1000] [MSG=64] */
 #include <arpa/inet.h>

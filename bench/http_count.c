@@ -4,7 +4,7 @@
  * is complete), then all close; it prints "RESULT requests=X seconds=S".
  * The HTTP hello world workload of bench/http_run.sh runs wrk for a fixed
  * time; this one is for instruction counts of a server
- * (bench/http_callgrind.sh), where the work must be the same every run.
+ * (bench/callgrind.sh http), where the work must be the same every run.
  * A response is complete after its head and Content-Length bytes of body
  * (a chunked response or one without a length is an error here). A
  * connection the server closes after a response is opened again (as wrk
