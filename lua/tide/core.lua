@@ -49,7 +49,18 @@ local CANCEL = {} -- wake value: raise the task's cancellation at its wait
 local RESULTS = {} -- wake value: the wait's results are in the next value
 
 local Task = {}
-Task.__index = Task
+-- A task is a table of array slots only (no hash part, the smallest table
+-- LuaJIT makes for its fields): 1-5 are the timer of its own waits (see
+-- the timers below), then its function, its coroutine, its state, the
+-- sequence number of its wait, its id (task.id), what it waits on, its
+-- arguments, and the function run when it ends with that function's
+-- argument. Fields that few tasks need (joiners, results, err, ...) are
+-- named ones.
+local FN, CO, ST, WSEQ, ID, WQ, ARGS, FIN, FIN_ARG = 6, 7, 8, 9, 10, 11, 12, 13, 14
+function Task.__index(t, k)
+  if k == "id" then return t[ID] end
+  return Task[k]
+end
 local Cancelled = {}
 
 local co_task = {}        -- runner coroutine -> the task it runs
@@ -167,9 +178,9 @@ end
 
 -- the job of a task spawned with arguments
 local function call_task(t)
-  local args = t.args
-  t.args = nil
-  return t.fn(unpack(args, 1, args.n))
+  local args = t[ARGS]
+  t[ARGS] = false
+  return t[FN](unpack(args, 1, args.n))
 end
 
 local function take_runner()
@@ -258,17 +269,16 @@ end
 -- tasks -----------------------------------------------------------------------
 
 -- A task is also the timer of its own waits (see the timers below): its
--- array part is {on_timer, slot, 1, delay, itself}. Its fields are all
--- made at once, so the hash part is never resized.
+-- slots 1-5 are {on_timer, slot, 1, delay, itself}. The constructor ends
+-- with constants, so LuaJIT makes every slot at once (see
+-- spec/bytecode_spec.lua).
 local on_timer
 
 local function new_task(fn, co, state)
   last_id = last_id + 1
-  local t = setmetatable({on_timer, 0, 1, 0, false, fn = fn, co = co,
-                          state = state, wseq = 0, id = last_id, wq = false,
-                          args = false},
-                         Task)
-  t[5] = t
+  local t = setmetatable({on_timer, 0, 1, 0, false, false, false, false, 0, 0,
+                          false, false, false, false}, Task)
+  t[5], t[FN], t[CO], t[ST], t[ID] = t, fn, co, state, last_id
   return t
 end
 
@@ -294,14 +304,14 @@ local function current_task(fname)
 end
 
 local function wake(t, a, b, c)
-  t.sending, t.wq = nil, nil
-  t.wseq = t.wseq + 1 -- entries of this wait in any queue are now stale
-  t.state = "ready"
+  t.sending, t[WQ] = nil, false
+  t[WSEQ] = t[WSEQ] + 1 -- entries of this wait in any queue are now stale
+  t[ST] = "ready"
   if t[2] ~= 0 then disarm(t) end -- its wait's timer
   push_ready(t, a, b, c)
 end
 
-local function is_live(t, s) return t.state == "waiting" and t.wseq == s end
+local function is_live(t, s) return t[ST] == "waiting" and t[WSEQ] == s end
 
 -- wait queues: (task, wait sequence) pairs; an entry whose wait ended
 -- (timed out, cancelled) is stale and skipped.
@@ -332,7 +342,7 @@ local function new_queue() return {h = 1, t = 0, stale = 0} end
 -- one, else left stale and swept once stale entries are many.
 local function q_leave(q, t)
   local n = q.t
-  if q[n - 1] == t and q[n] == t.wseq then
+  if q[n - 1] == t and q[n] == t[WSEQ] then
     q[n - 1], q[n] = nil, nil
     if n - 2 < q.h then q.h, q.t, q.stale = 1, 0, 0 else q.t = n - 2 end
     return
@@ -356,17 +366,17 @@ end
 
 -- A wait that ends early (timeout, cancel) gives up its place or its call.
 local function abandon(t)
-  -- t.wq: the queue the task waits in, or an object whose close() cancels
+  -- t[WQ]: the queue the task waits in, or an object whose close() cancels
   -- what it waits for (one field: a task's table stays small)
-  local w = t.wq
+  local w = t[WQ]
   if w then
-    t.wq = nil
+    t[WQ] = false
     if w.stale then q_leave(w, t) else w:close() end
   end
 end
 
 function on_timer(t)
-  if t.state == "waiting" then
+  if t[ST] == "waiting" then
     abandon(t)
     wake(t, nil, "timed out", "ETIMEDOUT")
   end
@@ -388,15 +398,15 @@ end
 local function park(q, timeout, fname, sending)
   local t = current_task(fname)
   if t.cancel_err then raise_cancel(t) end
-  local s = t.wseq + 1
-  t.wseq = s
+  local s = t[WSEQ] + 1
+  t[WSEQ] = s
   if q then
     local n = q.t + 2
     q[n - 1], q[n], q.t = t, s, n
-    t.wq = q
+    t[WQ] = q
   end
   if sending ~= nil then t.sending = sending end
-  t.state = "waiting"
+  t[ST] = "waiting"
   park_timeout = timeout -- armed by after_resume
   local a, b, c = yield(PARK)
   if a == CANCEL then raise_cancel(t) end
@@ -407,7 +417,7 @@ end
 
 local function finish_results(t, ok, ...)
   if ok then
-    t.state = "done"
+    t[ST] = "done"
     local n = select("#", ...)
     if n > 0 then t.results = {n = n, ...} end
     return
@@ -415,9 +425,9 @@ local function finish_results(t, ok, ...)
   local e = ...
   t.err = e
   if getmetatable(e) == Cancelled and e.task == t and not e.token then
-    t.state = "cancelled"
+    t[ST] = "cancelled"
   else
-    t.state = "failed"
+    t[ST] = "failed"
   end
 end
 
@@ -425,6 +435,14 @@ local function main_failed(e)
   stderr:write("tide: ", safe_tostring(e), "\n")
   exiting = true
   C.exit(1)
+end
+
+-- f(t, arg) of tide._on_finish, once
+local function on_finish(t)
+  local f, arg = t[FIN], t[FIN_ARG]
+  t[FIN], t[FIN_ARG] = false, false
+  local ok, e = pcall(f, t, arg)
+  if not ok then report(e, t) end
 end
 
 -- A job of runner co ended: ok and its results, or false and the error.
@@ -436,9 +454,9 @@ function finish(co, ok, ...)
   end
   co_task[co] = nil
   ntasks = ntasks - 1
-  t.co = nil
+  t[CO] = false
   if t[2] ~= 0 then disarm(t) end
-  t.fn = nil
+  t[FN] = false
   finish_results(t, ok, ...)
   local j, joined = t.joiners, false
   if j then
@@ -450,15 +468,10 @@ function finish(co, ok, ...)
       joined = true
     end
   end
-  local f = t.on_finish -- (for modules: tide._on_finish)
-  if f then
-    t.on_finish = nil
-    local fok, fe = pcall(f, t)
-    if not fok then report(fe, t) end
-  end
-  if t.main and t.state ~= "done" then
+  if t[FIN] then on_finish(t) end
+  if t.main and t[ST] ~= "done" then
     main_failed(t.err)
-  elseif t.state == "failed" and not joined then
+  elseif t[ST] == "failed" and not joined then
     report(t.err, t) -- nobody waits for it (a joiner may have given up)
   end
 end
@@ -469,7 +482,7 @@ local function call_cb(cb)
   return cb[1](unpack(cb, 5, n + 4))
 end
 
-local ONE = {} -- t.args of a task spawned with one argument (in t[4])
+local ONE = {} -- t[ARGS] of a task spawned with one argument (in t[4])
 local OWN = {} -- the same, on a coroutine of its own (tide._spawn_own)
 
 -- The body of such a coroutine: fn runs at the bottom of its stack (a tail
@@ -477,22 +490,22 @@ local OWN = {} -- the same, on a coroutine of its own (tide._spawn_own)
 local function own_body(fn, a) return fn(a) end
 
 local function resume_task(t, a, b, c)
-  if t.state ~= "ready" then return end -- cancelled before it started
-  t.state = "running"
-  local co, ok, r = t.co
+  if t[ST] ~= "ready" then return end -- cancelled before it started
+  t[ST] = "running"
+  local co, ok, r = t[CO]
   if not co then
-    local args = t.args
+    local args = t[ARGS]
     co = args == OWN and coroutine_create(own_body) or take_runner()
-    t.co = co
+    t[CO] = co
     co_task[co] = t
     if args == ONE or args == OWN then
       -- the one argument waited in t[4], the delay of the task's own wait
       -- timer, which no wait has used yet
       local a1 = t[4]
-      t.args, t[4] = false, 0
-      ok, r = run_in(co, t.fn, a1)
+      t[ARGS], t[4] = false, 0
+      ok, r = run_in(co, t[FN], a1)
     elseif args then ok, r = run_in(co, call_task, t)
-    else ok, r = run_in(co, t.fn) end
+    else ok, r = run_in(co, t[FN]) end
   else
     ok, r = run_in(co, a, b, c)
   end
@@ -586,8 +599,8 @@ local function spawn(fn, ...)
   local t = new_task(fn, false, "ready")
   -- one argument goes straight to the runner's job(arg): no table, and no
   -- frame for unpacking it under the parked task
-  if n == 1 then t.args, t[4] = ONE, ... -- (t[4]: see resume_task)
-  elseif n > 0 then t.args = {n = n, ...} end
+  if n == 1 then t[ARGS], t[4] = ONE, ... -- (t[4]: see resume_task)
+  elseif n > 0 then t[ARGS] = {n = n, ...} end
   ntasks = ntasks + 1
   push_ready(t)
   return t
@@ -1113,7 +1126,7 @@ local function complete(req, ...)
   local t = req_task[req]
   if not t then return end
   req_task[req] = nil
-  if t.state == "waiting" and t.wq == req then
+  if t[ST] == "waiting" and t[WQ] == req then
     -- one to three results go straight to the task, more (or none) in
     -- a table
     local n = select("#", ...)
@@ -1135,7 +1148,7 @@ local function await(req, timeout, fname)
     raise_cancel(t)
   end
   req_task[req] = t
-  t.wq = req
+  t[WQ] = req
   return park(nil, timeout, fname) -- (a tail call: no frame of ours stays)
 end
 -- For C modules' own waits (a socket's readiness, say): the task waits on
@@ -1155,13 +1168,13 @@ tide._optional_seconds = optional_seconds
 -- short-lived tasks tide.spawn, which reuses runners, is cheaper.
 function tide._spawn_own(fn, arg)
   local t = spawn(fn, arg)
-  t.args = OWN
+  t[ARGS] = OWN
   return t
 end
--- fn(task) runs when task ends (returns, fails or is cancelled), before
--- its error is reported; for modules, such as a server closing the
--- connection of a handler task.
-function tide._on_finish(t, fn) t.on_finish = fn end
+-- fn(task, arg) runs when task ends (returns, fails or is cancelled),
+-- before its error is reported; for modules, such as a server closing the
+-- connection (arg) of a handler task.
+function tide._on_finish(t, fn, arg) t[FIN], t[FIN_ARG] = fn, arg end
 -- whether e is a cancellation (tide.plugin keeps them from plugins' pcall)
 function tide._is_cancel(e) return getmetatable(e) == Cancelled end
 -- f(co) before each resume of a task or runner and, when it returned
@@ -1258,7 +1271,7 @@ end
 -- does not make the callback a task, as tide.current does); for tide.log.
 function tide._task_id()
   local t = cur_co and co_task[cur_co]
-  return t and t.id or nil
+  return t and t[ID] or nil
 end
 
 function tide.sleep(s)
@@ -1270,7 +1283,7 @@ end
 function tide.yield()
   local t = current_task("yield")
   if t.cancel_err then raise_cancel(t) end
-  t.state = "waiting"
+  t[ST] = "waiting"
   wake(t)
   local a = yield(PARK)
   if a == CANCEL then raise_cancel(t) end
@@ -1322,8 +1335,8 @@ function tide.exit(code)
   if co and user_depth == 0 then
     -- park for good: the loop stops after this callback
     local t = co_task[co] or adopt(co)
-    t.state = "waiting"
-    t.wseq = t.wseq + 1
+    t[ST] = "waiting"
+    t[WSEQ] = t[WSEQ] + 1
     yield(PARK)
   end
 end
@@ -1337,7 +1350,7 @@ function tide.stats()
 end
 
 local function on_readable(t)
-  if t.state == "waiting" then wake(t, true) end
+  if t[ST] == "waiting" then wake(t, true) end
 end
 
 -- Waits until descriptor fd is readable (used by the REPL).
@@ -1345,7 +1358,7 @@ function tide._wait_readable(fd, timeout)
   local t = current_task("_wait_readable")
   local w = C.when_readable(fd, on_readable, t)
   if not w then return true end -- a regular file: readable, never waits
-  t.wq = w
+  t[WQ] = w
   local ok, msg, code = park(nil, timeout, "_wait_readable")
   w:close()
   return ok, msg, code
@@ -1363,11 +1376,11 @@ local check_task = self_checker(Task, "task")
 local finished = {done = true, failed = true, cancelled = true}
 
 local function task_results(t)
-  if t.state == "done" then
+  if t[ST] == "done" then
     local r = t.results
     if r then return true, unpack(r, 1, r.n) end
     return true
-  elseif t.state == "cancelled" then
+  elseif t[ST] == "cancelled" then
     return nil, tostring(t.err), "ECANCELED"
   end
   return nil, t.err
@@ -1376,7 +1389,7 @@ end
 function Task:join(timeout)
   check_task(self, "join")
   timeout = check_seconds(timeout, 2, "join", true)
-  if not finished[self.state] then
+  if not finished[self[ST]] then
     local me = current_task("join")
     if me == self then error("a task cannot join itself", 2) end
     local j = self.joiners
@@ -1388,24 +1401,19 @@ function Task:join(timeout)
 end
 
 function cancel(t, reason, token)
-  local st = t.state
+  local st = t[ST]
   if finished[st] then return false end
   local e = setmetatable({task = t, reason = reason, token = token}, Cancelled)
   if st == "waiting" then
     t.cancel_err = e
     abandon(t)
     wake(t, CANCEL)
-  elseif st == "ready" and not t.co then
+  elseif st == "ready" and not t[CO] then
     -- never started: it ends now, without running
     ntasks = ntasks - 1
-    t.fn, t.args, t[4] = nil, false, 0
-    t.state, t.err = "cancelled", e
-    local f = t.on_finish
-    if f then
-      t.on_finish = nil
-      local fok, fe = pcall(f, t)
-      if not fok then report(fe, t) end
-    end
+    t[FN], t[ARGS], t[4] = false, false, 0
+    t[ST], t.err = "cancelled", e
+    if t[FIN] then on_finish(t) end
     local j = t.joiners
     t.joiners = nil
     if j then
@@ -1428,11 +1436,11 @@ end
 
 function Task:status()
   check_task(self, "status")
-  return self.state
+  return self[ST]
 end
 
 function Task:__tostring()
-  return ("tide.task %d (%s)"):format(self.id, self.state)
+  return ("tide.task %d (%s)"):format(self[ID], self[ST])
 end
 
 Cancelled.__index = Cancelled

@@ -818,22 +818,13 @@ end
 -- runs handler(conn) and, however it ends, closes the connection (the
 -- handler runs right on the task, with no frame of ours under it: a
 -- parked handler's coroutine stays small)
--- (one function for every handler task, and the task's connection in a
--- weak table: no closure per connection)
-local handler_conn = setmetatable({}, {__mode = "k"})
-local function handler_done(t)
-  local c = handler_conn[t]
-  if c then
-    handler_conn[t] = nil
-    c:close()
-  end
-end
+-- (one function for every handler task, given the connection: no closure
+-- per connection)
+local function handler_done(_, c) c:close() end
 
 local function on_accept(sv, ud, address, port, laddr, lport)
   local c = wrap(ud, sv.family, address, port, laddr, lport, sv[S_LIM])
-  local t = spawn_own(sv[S_RUN] or sv[S_HANDLER], c)
-  handler_conn[t] = c
-  on_finish(t, handler_done)
+  on_finish(spawn_own(sv[S_RUN] or sv[S_HANDLER], c), handler_done, c)
 end
 
 -- A TLS server's handler task: the handshake with the server's context of
