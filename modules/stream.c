@@ -108,8 +108,8 @@ static int push_fail(lua_State *L, const char *msg, const char *code) {
 
 int tide__stream_push_error(lua_State *L, tide__stream *s, int err) {
   if (err == TIDE_STREAM_ETLS)
-    return push_fail(L, s->tls_msg ? s->tls_msg : "TLS error",
-                     s->tls_code ? s->tls_code : "ETLS");
+    return push_fail(L, s->tls && s->tls->msg ? s->tls->msg : "TLS error",
+                     s->tls && s->tls->code ? s->tls->code : "ETLS");
   return tide__push_errno(L, err);
 }
 
@@ -755,7 +755,7 @@ static int l_write(lua_State *L) {
   if (pos < total && s->out.len < s->lim.write_high) { /* queue what fits */
     size_t room = s->lim.write_high - s->out.len;
     /* a TLS write to repeat needs at least the bytes it was given */
-    if (s->ssl && s->tls_retry > room) room = s->tls_retry;
+    if (s->ssl && s->tls->retry > room) room = s->tls->retry;
     skip = pos;
     for (i = 3; i <= top && room > 0; i++) {
       size_t take;
@@ -962,8 +962,11 @@ static int l_gc(lua_State *L) {
   close_fd(s);
   buf_free(&s->in);
   buf_free(&s->out);
-  free(s->tls_msg);
-  s->tls_msg = NULL;
+  if (s->tls) {
+    free(s->tls->msg);
+    free(s->tls);
+    s->tls = NULL;
+  }
   if (s->counted) {
     s->h->refs--;
     s->counted = 0;

@@ -55,7 +55,7 @@
 #define TIDE_STREAM_LINGER 30.0 /* seconds close() flushes in the background */
 
 /* rerr / werr of a stream whose TLS session failed: the message and code
- * are in the stream (tls_msg, tls_code) */
+ * are in the stream's TLS state (tls->msg, tls->code) */
 #define TIDE_STREAM_ETLS (-1)
 
 struct ssl_st;
@@ -73,6 +73,7 @@ typedef struct tide__stream_limits {
 } tide__stream_limits;
 
 typedef struct tide__stream tide__stream;
+typedef struct tide__stream_tls tide__stream_tls;
 struct tide__stream {
   tide_host *h;
   int fd;                 /* -1 once closed */
@@ -88,6 +89,12 @@ struct tide__stream {
   unsigned refd : 1;      /* ref()/unref() */
   unsigned counted : 1;   /* counted in h->refs */
   unsigned rqueued : 1;   /* a task has queued behind another's read */
+  /* TLS (modules/tls.c) */
+  unsigned handshaking : 1;  /* the handshake has not finished */
+  unsigned r_on_w : 1;       /* the session's read waits for writability */
+  unsigned w_on_r : 1;       /* the session's write waits for readability */
+  unsigned tls_fatal : 1;    /* the session failed: no close_notify */
+  unsigned tls_shut : 1;     /* close_notify sent */
   int rerr, werr;         /* sticky errno of the read / write side */
   tide__buf in, out;
   tide__stream_limits lim;
@@ -107,18 +114,20 @@ struct tide__stream {
   struct event *rev;      /* inside the userdata, after this struct */
   struct event *wev;      /* made when first needed (event_new), or NULL */
 
-  /* TLS (modules/tls.c); ssl is NULL on a plain stream */
+  /* TLS (modules/tls.c): both NULL on a plain stream. The session's
+   * other state is allocated apart, so that plain streams (most) do not
+   * carry it. */
   struct ssl_st *ssl;
-  unsigned handshaking : 1;  /* the handshake has not finished */
-  unsigned r_on_w : 1;       /* the session's read waits for writability */
-  unsigned w_on_r : 1;       /* the session's write waits for readability */
-  unsigned tls_fatal : 1;    /* the session failed: no close_notify */
-  unsigned tls_shut : 1;     /* close_notify sent */
-  size_t tls_retry;          /* a write to repeat has this many bytes */
-  tide__buf tls_in;         /* input that came before the session began:
-                                the session reads it first */
-  char *tls_msg;             /* TIDE_STREAM_ETLS's message (malloc'd) */
-  const char *tls_code;      /* and code ("ETLS", "ECERT", ...) */
+  tide__stream_tls *tls;  /* made with the session, kept after it for its
+                             error (freed with the stream) */
+};
+
+struct tide__stream_tls {
+  size_t retry;           /* a write to repeat has this many bytes */
+  tide__buf in;           /* input that came before the session began:
+                             the session reads it first */
+  char *msg;              /* TIDE_STREAM_ETLS's message (malloc'd) */
+  const char *code;       /* and code ("ETLS", "ECERT", ...) */
 };
 
 /* Pushes a new stream on fd (already non-blocking; the stream owns it

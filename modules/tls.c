@@ -49,9 +49,9 @@ typedef struct tls_ctx {
 /* --- errors ------------------------------------------------------------------- */
 
 static void set_msg(tide__stream *s, const char *msg, const char *code) {
-  free(s->tls_msg);
-  s->tls_msg = strdup(msg); /* (NULL: tide__stream_push_error has a default) */
-  s->tls_code = code;
+  free(s->tls->msg);
+  s->tls->msg = strdup(msg); /* (NULL: tide__stream_push_error has a default) */
+  s->tls->code = code;
 }
 
 /* The one place that turns a failed SSL call into an error: what failed
@@ -106,7 +106,7 @@ static int bio_write(BIO *b, const char *p, int n) {
 
 static int bio_read(BIO *b, char *p, int n) {
   tide__stream *s = BIO_get_data(b);
-  tide__buf *pre = &s->tls_in;
+  tide__buf *pre = &s->tls->in;
   ssize_t r;
   BIO_clear_retry_flags(b);
   if (pre->len) { /* what the stream had read before the session began */
@@ -202,14 +202,14 @@ ssize_t tide__tls_send(tide__stream *s, const struct iovec *iov, int niov,
       if (r > 0) {
         off += (size_t)r;
         done += (size_t)r;
-        s->tls_retry = 0;
+        s->tls->retry = 0;
         continue;
       }
       saved = errno;
       e = SSL_get_error(s->ssl, r);
       if (e == SSL_ERROR_WANT_WRITE || e == SSL_ERROR_WANT_READ) {
         if (e == SSL_ERROR_WANT_READ) s->w_on_r = 1;
-        s->tls_retry = (size_t)chunk;
+        s->tls->retry = (size_t)chunk;
         if (done) return (ssize_t)done;
         *err = EAGAIN;
         return -1;
@@ -236,7 +236,7 @@ int tide__tls_handshake(tide__stream *s) {
 }
 
 int tide__tls_pending(tide__stream *s) {
-  return s->ssl && (s->tls_in.len || SSL_has_pending(s->ssl));
+  return s->ssl && (s->tls->in.len || SSL_has_pending(s->ssl));
 }
 
 int tide__tls_shutdown(tide__stream *s) {
@@ -262,8 +262,8 @@ void tide__tls_free(tide__stream *s) {
   tide__tls_shutdown(s);
   SSL_free(s->ssl);
   s->ssl = NULL;
-  free(s->tls_in.p);
-  memset(&s->tls_in, 0, sizeof s->tls_in);
+  free(s->tls->in.p);
+  memset(&s->tls->in, 0, sizeof s->tls->in);
   s->handshaking = s->r_on_w = s->w_on_r = 0;
   ERR_clear_error();
 }
@@ -502,6 +502,8 @@ static int l_attach(lua_State *L) {
     return push_fail(L, "the stream has ended", "EPIPE");
   if (s->out.len || s->wwait)
     return push_fail(L, "output is still queued", "EBUSY");
+  if (!s->tls && !(s->tls = calloc(1, sizeof *s->tls)))
+    return tide__push_errno(L, ENOMEM);
   ERR_clear_error();
   if (!(ssl = SSL_new(c->ctx))) {
     ERR_clear_error();
@@ -528,12 +530,12 @@ static int l_attach(lua_State *L) {
     SSL_set_hostflags(ssl, X509_CHECK_FLAG_NO_PARTIAL_WILDCARDS);
   }
   s->ssl = ssl;
-  s->tls_in = s->in; /* (the input buffer starts anew) */
+  s->tls->in = s->in; /* (the input buffer starts anew) */
   memset(&s->in, 0, sizeof s->in);
   s->rscan = 0;
   s->handshaking = 1;
   s->tls_fatal = s->tls_shut = s->r_on_w = s->w_on_r = 0;
-  s->tls_retry = 0;
+  s->tls->retry = 0;
   lua_pushboolean(L, 1);
   return 1;
 }

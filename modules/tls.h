@@ -4,7 +4,7 @@
  * read(2) and send(2), the handshake's steps, close_notify.
  *
  * Each call clears OpenSSL's error queue before it starts, and a failure
- * leaves its message and code in the stream (tls_msg, tls_code) and the
+ * leaves its message and code in the stream (s->tls->msg, ->code) and the
  * queue empty: no error outlives the call that met it, so none can be
  * reported later by another connection.
  */
@@ -27,7 +27,7 @@ ssize_t tide__tls_recv(tide__stream *s, char *buf, size_t n, int *err);
 
 /* SSL_write of the iovecs, a record at a time: the bytes taken (> 0), or
  * -1 with *err as above (EAGAIN: w_on_r says whether it waits for
- * readability). A write that must wait leaves s->tls_retry: the next
+ * readability). A write that must wait leaves s->tls->retry: the next
  * write must start with the same bytes, at least that many. */
 ssize_t tide__tls_send(tide__stream *s, const struct iovec *iov, int n,
                        int *err);

@@ -3,8 +3,8 @@
  * modules/tls.h gives it to stream.c), tested with libcheck on a pair of
  * sessions over a socketpair: the handshake's steps and the direction
  * each waits for, reads and writes with EAGAIN, a write that must be
- * repeated (tls_retry), the errors and their codes, an error queue left
- * empty after every call, and close_notify.
+ * repeated (the session state's retry), the errors and their codes, an
+ * error queue left empty after every call, and close_notify.
  *
  * The streams here are bare structs (no host, no events): the layer only
  * uses the stream's descriptor, session and TLS fields. Certificates are
@@ -57,6 +57,7 @@ static X509 *make_cert(const char *cn, long days) {
 typedef struct pair {
   int fds[2];
   tide__stream c, s; /* client, server */
+  tide__stream_tls ctls, stls; /* their sessions' state */
   SSL_CTX *cctx, *sctx;
   X509 *cert;
 } pair;
@@ -88,6 +89,8 @@ static void pair_open(pair *p, const char *cn, long days, int verify, int trust)
   if (trust) X509_STORE_add_cert(SSL_CTX_get_cert_store(p->cctx), p->cert);
   p->c.fd = p->fds[0];
   p->s.fd = p->fds[1];
+  p->c.tls = &p->ctls;
+  p->s.tls = &p->stls;
   p->c.ssl = SSL_new(p->cctx);
   p->s.ssl = SSL_new(p->sctx);
   SSL_set_fd(p->c.ssl, p->c.fd);
@@ -101,8 +104,8 @@ static void pair_open(pair *p, const char *cn, long days, int verify, int trust)
 static void pair_close(pair *p) {
   tide__tls_free(&p->c);
   tide__tls_free(&p->s);
-  free(p->c.tls_msg);
-  free(p->s.tls_msg);
+  free(p->ctls.msg);
+  free(p->stls.msg);
   SSL_CTX_free(p->cctx);
   SSL_CTX_free(p->sctx);
   X509_free(p->cert);
@@ -203,8 +206,8 @@ START_TEST(test_write_retry) {
   }
   ck_assert_int_eq(err, EAGAIN);
   ck_assert(!p.c.w_on_r);
-  ck_assert_uint_gt(p.c.tls_retry, 0);
-  ck_assert_uint_le(p.c.tls_retry, 16384);
+  ck_assert_uint_gt(p.ctls.retry, 0);
+  ck_assert_uint_le(p.ctls.retry, 16384);
   /* the peer drains; the repeat (same bytes, more of them) goes through */
   while ((n = tide__tls_recv(&p.s, in + got, cap - got, &err)) > 0) got += (size_t)n;
   n = send_str(&p.c, data + total, 40000, &err);
@@ -213,7 +216,7 @@ START_TEST(test_write_retry) {
   while ((n = tide__tls_recv(&p.s, in + got, cap - got, &err)) > 0) got += (size_t)n;
   ck_assert_uint_eq(got, total);
   ck_assert(memcmp(in, data, total) == 0);
-  ck_assert_uint_eq(p.c.tls_retry, 0);
+  ck_assert_uint_eq(p.ctls.retry, 0);
   pair_close(&p);
   free(data);
   free(in);
@@ -235,14 +238,14 @@ START_TEST(test_cert_errors) {
     ck_assert_int_eq(rc, TIDE_TLS_FAILED);
     ck_assert_int_eq(p.c.rerr, TIDE_STREAM_ETLS);
     ck_assert_int_eq(p.c.werr, TIDE_STREAM_ETLS);
-    ck_assert_str_eq(p.c.tls_msg, cases[i].msg);
-    ck_assert_str_eq(p.c.tls_code, "ECERT");
+    ck_assert_str_eq(p.ctls.msg, cases[i].msg);
+    ck_assert_str_eq(p.ctls.code, "ECERT");
     ck_assert(p.c.tls_fatal);
     ck_assert_int_eq((int)ERR_peek_error(), 0); /* nothing left behind */
     /* the server hears the client's alert */
     if (rs == TIDE_TLS_FAILED) {
-      ck_assert_str_eq(p.s.tls_code, "ETLS");
-      ck_assert(strncmp(p.s.tls_msg, "TLS handshake failed: ", 22) == 0);
+      ck_assert_str_eq(p.stls.code, "ETLS");
+      ck_assert(strncmp(p.stls.msg, "TLS handshake failed: ", 22) == 0);
     }
     ck_assert_int_eq((int)ERR_peek_error(), 0);
     pair_close(&p);
@@ -258,8 +261,8 @@ START_TEST(test_garbage_and_hangup) {
   ck_assert_int_eq((int)write(p.c.fd, "GET / HTTP/1.0\r\n\r\n", 18), 18);
   r = tide__tls_handshake(&p.s);
   ck_assert_int_eq(r, TIDE_TLS_FAILED);
-  ck_assert_str_eq(p.s.tls_code, "ETLS");
-  ck_assert_str_eq(p.s.tls_msg, "TLS handshake failed: http request");
+  ck_assert_str_eq(p.stls.code, "ETLS");
+  ck_assert_str_eq(p.stls.msg, "TLS handshake failed: http request");
   ck_assert_int_eq((int)ERR_peek_error(), 0);
   pair_close(&p);
 
@@ -272,7 +275,7 @@ START_TEST(test_garbage_and_hangup) {
   r = tide__tls_handshake(&p.c);
   ck_assert_int_eq(r, TIDE_TLS_FAILED);
   ck_assert(p.c.rerr == ECONNRESET || (p.c.rerr == TIDE_STREAM_ETLS &&
-                                       strcmp(p.c.tls_code, "ECONNRESET") == 0));
+                                       strcmp(p.ctls.code, "ECONNRESET") == 0));
   pair_close(&p);
 
   /* after the handshake, a hang-up without close_notify is the end */
