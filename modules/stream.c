@@ -609,7 +609,11 @@ static void maybe_shutdown(tide__stream *s) {
   }
   s->shut_pending = 0;
   s->shut_done = 1;
-  if (s->fd >= 0 && (s->flags & TIDE_STREAM_SOCKET)) shutdown(s->fd, SHUT_WR);
+  if (s->fd < 0) return;
+  if (s->flags & TIDE_STREAM_SOCKET)
+    shutdown(s->fd, SHUT_WR);
+  else if (!(s->flags & TIDE_STREAM_READABLE))
+    close_fd(s); /* a pipe's write end: the reader sees the end */
 }
 
 /* One send of the output buffer (write interest fired). */

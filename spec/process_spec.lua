@@ -114,6 +114,23 @@ describe("tide.process", function()
       assert.equal(0, ch:wait(5))
     end)
 
+    it("shutdown() on stdin ends the child's input after what was written", function()
+      local data = pattern(1024 * 1024)
+      local ch = assert(process.spawn{"cat", stdin = "pipe", stdout = "pipe"})
+      ch.stdout:set_timeout(10) -- (without the end, the read would wait for ever)
+      local writer = tide.spawn(function()
+        assert(ch.stdin:write(data))
+        assert.is_true(ch.stdin:shutdown())
+        -- written after the end: refused, nothing reaches the child
+        assert.has_error(function() ch.stdin:write("more") end)
+      end)
+      local got = read_all(ch.stdout)
+      assert(writer:join(10))
+      assert.is_true(got == data)
+      assert.equal(0, ch:wait(5))
+      ch.stdin:close()
+    end)
+
     it("run passes input and captures stdout and stderr apart", function()
       local data = pattern(3 * 1024 * 1024)
       local r = assert(process.run{"sh", "-c", "cat; echo oops >&2; exit 4",
