@@ -352,6 +352,25 @@ describe("tasks", function()
       assert.is_not_nil(t)
       assert.is_not_equal(tide.current(), t)
     end)
+
+    it("gives each callback of a batch its own task, before and after a wait", function()
+      local first, later = {}, {}
+      local done = tide.channel(3)
+      for i = 1, 3 do
+        tide.after(0.001, function()
+          first[i] = tide.current()
+          if i == 2 then tide.sleep(0.001) end -- its runner leaves the batch
+          later[i] = tide.current()
+          done:send(i)
+        end)
+      end
+      for _ = 1, 3 do assert(done:recv(5)) end
+      for i = 1, 3 do
+        assert.equal(first[i], later[i])
+        for j = i + 1, 3 do assert.is_not_equal(first[i], first[j]) end
+      end
+      assert.equal("done", first[2]:status())
+    end)
   end)
 
   describe("tide.timeout", function()

@@ -63,8 +63,10 @@ function Task.__index(t, k)
 end
 local Cancelled = {}
 
-local co_task = {}        -- runner coroutine -> the task it runs
+local co_task = {}        -- runner coroutine -> the callback's task it became
 local cur_co = nil        -- the runner the scheduler resumed, nil in the main state
+local cur_task = nil      -- the task it resumed there (nil: a callback's runner;
+                          -- one that became a task is in co_task)
 local user_depth = 0      -- how deep in coroutines the script made itself
 local park_timeout = nil  -- the timeout of the wait being parked
 local ntasks = 0          -- live tasks (started or not, not finished)
@@ -167,7 +169,7 @@ end
 -- A runner runs job(arg) after job(arg) (arg nil: job()). The job is
 -- called in the lowest register it can be (ended, job, arg): every slot
 -- under it is under a parked task too.
-local function ended(...) return finish(cur_co, true, ...) end
+local function ended(...) return finish(cur_co, cur_task, true, ...) end
 local function runner_body(job, arg)
   while true do
     if arg == nil then ended(job())
@@ -193,12 +195,13 @@ local function take_runner()
   return coroutine_create(runner_body)
 end
 
--- Resumes runner co, which is then the current one.
-local function plain_run_in(co, a, b, c)
-  local prev = cur_co
-  cur_co = co
+-- Resumes runner co, which is then the current one, with its task t
+-- (nil for a callback).
+local function plain_run_in(co, t, a, b, c)
+  local prev, prev_t = cur_co, cur_task
+  cur_co, cur_task = co, t
   local ok, r = resume(co, a, b, c)
-  cur_co = prev
+  cur_co, cur_task = prev, prev_t
   return ok, r
 end
 local run_in = plain_run_in
@@ -207,9 +210,9 @@ local run_in = plain_run_in
 -- each resume and, when it returned true, f(false) after it. Only once a
 -- hook is set does the scheduler's hot path take the branch.
 local slice_hook
-local function hooked_run_in(co, a, b, c)
-  local prev = cur_co
-  cur_co = co
+local function hooked_run_in(co, t, a, b, c)
+  local prev, prev_t = cur_co, cur_task
+  cur_co, cur_task = co, t
   local ok, r
   if slice_hook(co) then -- (true: a run to close after)
     ok, r = resume(co, a, b, c)
@@ -217,11 +220,12 @@ local function hooked_run_in(co, a, b, c)
   else
     ok, r = resume(co, a, b, c)
   end
-  cur_co = prev
+  cur_co, cur_task = prev, prev_t
   return ok, r
 end
 
-local function after_resume(co, ok, r)
+-- (t: the task resumed, nil for a callback's runner)
+local function after_resume(co, ok, r, t)
   if r == PARK then
     -- A wait's timer is armed here, in the main state, after the task
     -- parked: calls into C (the clock) from deep in a task's stack would
@@ -229,7 +233,7 @@ local function after_resume(co, ok, r)
     local timeout = park_timeout
     if timeout then
       park_timeout = nil
-      arm(co_task[co], timeout) -- a task is its own wait's timer
+      arm(t or co_task[co], timeout) -- a task is its own wait's timer
     end
   elseif r == DONE then
     if npool < MAX_POOL then
@@ -237,9 +241,9 @@ local function after_resume(co, ok, r)
       pool[npool] = co
     end
   elseif not ok then -- the job raised: its coroutine is dead
-    finish(co, false, failure(co, r))
+    finish(co, t, false, failure(co, r))
   else -- a task on a coroutine of its own returned (r: its first result)
-    if r == nil then finish(co, true) else finish(co, true, r) end
+    if r == nil then finish(co, t, true) else finish(co, t, true, r) end
   end
 end
 
@@ -284,7 +288,7 @@ end
 
 local function adopt(co)
   local t = new_task(false, co, "running")
-  co_task[co] = t
+  co_task[co], cur_task = t, t
   ntasks = ntasks + 1
   return t
 end
@@ -299,7 +303,7 @@ end
 -- error is built elsewhere: this frame lies under every parked task.)
 local function current_task(fname)
   local co = cur_co
-  if co and user_depth == 0 then return co_task[co] or adopt(co) end
+  if co and user_depth == 0 then return cur_task or co_task[co] or adopt(co) end
   not_in_task(co and user_depth > 0, fname)
 end
 
@@ -445,14 +449,17 @@ local function on_finish(t)
   if not ok then report(e, t) end
 end
 
--- A job of runner co ended: ok and its results, or false and the error.
-function finish(co, ok, ...)
-  local t = co_task[co]
-  if not t then -- a callback that never waited
+-- A job of runner co ended (t: its task, or nil for a callback, which may
+-- have become one): ok and its results, or false and the error.
+function finish(co, t, ok, ...)
+  local adopted = co_task[co]
+  if adopted then
+    co_task[co] = nil
+    t = adopted
+  elseif not t then -- a callback that never became a task
     if not ok then report((...), nil) end
     return
   end
-  co_task[co] = nil
   ntasks = ntasks - 1
   t[CO] = false
   if t[2] ~= 0 then disarm(t) end
@@ -497,24 +504,23 @@ local function resume_task(t, a, b, c)
     local args = t[ARGS]
     co = args == OWN and coroutine_create(own_body) or take_runner()
     t[CO] = co
-    co_task[co] = t
     if args == ONE or args == OWN then
       -- the one argument waited in t[4], the delay of the task's own wait
       -- timer, which no wait has used yet
       local a1 = t[4]
       t[ARGS], t[4] = false, 0
-      ok, r = run_in(co, t[FN], a1)
-    elseif args then ok, r = run_in(co, call_task, t)
-    else ok, r = run_in(co, t[FN]) end
+      ok, r = run_in(co, t, t[FN], a1)
+    elseif args then ok, r = run_in(co, t, call_task, t)
+    else ok, r = run_in(co, t, t[FN]) end
   else
-    ok, r = run_in(co, a, b, c)
+    ok, r = run_in(co, t, a, b, c)
   end
-  after_resume(co, ok, r)
+  after_resume(co, ok, r, t)
 end
 
 local function run_job(job)
   local co = take_runner()
-  after_resume(co, run_in(co, call_cb, job))
+  after_resume(co, run_in(co, nil, call_cb, job))
 end
 
 -- A batch runs callbacks from next_job() one after another in one runner,
@@ -531,7 +537,8 @@ local function batch(next_job)
     call_cb(cb) -- if it raises, this runner ends and run_batch goes on
     local t = co_task[co]
     if t then -- it became a task (it waited, or asked for tide.current())
-      finish(co, true)
+      finish(co, nil, true)
+      cur_task = nil -- (the runner goes on with the next callback)
       if t.detached then return end -- it waited: the batch went on elsewhere
     end
     if rq_head <= rq_tail then yield(DRAIN) end
@@ -543,10 +550,10 @@ local drain
 local function run_batch(next_job)
   while not exiting and not stopped do
     local co = take_runner()
-    local ok, r = run_in(co, batch, next_job)
+    local ok, r = run_in(co, nil, batch, next_job)
     while ok and r == DRAIN do
       drain()
-      ok, r = run_in(co)
+      ok, r = run_in(co, nil)
     end
     after_resume(co, ok, r)
     if ok then
@@ -583,7 +590,7 @@ end
 -- fn(...) in a runner: a timer, immediate or close callback
 local function run_task(fn, ...)
   local co = take_runner()
-  after_resume(co, run_in(co, call_cb, {fn, 0, select("#", ...), false, ...}))
+  after_resume(co, run_in(co, nil, call_cb, {fn, 0, select("#", ...), false, ...}))
   drain()
 end
 
@@ -1264,13 +1271,13 @@ end
 function tide.current()
   local co = cur_co
   if not co then return nil end
-  return co_task[co] or adopt(co)
+  return cur_task or co_task[co] or adopt(co)
 end
 
 -- The id of the running task, or nil in a callback that is not one (it
 -- does not make the callback a task, as tide.current does); for tide.log.
 function tide._task_id()
-  local t = cur_co and co_task[cur_co]
+  local t = cur_task or cur_co and co_task[cur_co]
   return t and t[ID] or nil
 end
 
@@ -1334,7 +1341,7 @@ function tide.exit(code)
   local co = cur_co
   if co and user_depth == 0 then
     -- park for good: the loop stops after this callback
-    local t = co_task[co] or adopt(co)
+    local t = cur_task or co_task[co] or adopt(co)
     t[ST] = "waiting"
     t[WSEQ] = t[WSEQ] + 1
     yield(PARK)
