@@ -14,7 +14,6 @@
 #include <unistd.h>
 
 #include <event2/event.h>
-#include <event2/thread.h>
 #include <lualib.h>
 
 #include "internal.h"
@@ -216,8 +215,6 @@ static int open_host(lua_State *L) {
   return 0;
 }
 
-static void use_threads(void) { evthread_use_pthreads(); }
-
 /* The Lua state's allocator: LuaJIT's own (fast, and in the address range
  * the VM needs), wrapped to count the bytes in use and refuse growth past
  * the limit. LuaJIT turns a refused allocation into the error "not enough
@@ -237,12 +234,10 @@ static void *limited_alloc(void *ud, void *ptr, size_t osize, size_t nsize) {
 static int post_init(tide_host *h);
 
 tide_host *tide_host_new(const tide_options *opts, char *err, size_t errlen) {
-  static pthread_once_t once = PTHREAD_ONCE_INIT;
   tide_host *h;
   const char *why = NULL;
   const char *env;
 
-  pthread_once(&once, use_threads);
   h = calloc(1, sizeof *h);
   if (!h) {
     if (err) snprintf(err, errlen, "not enough memory");
@@ -335,8 +330,8 @@ struct tide__posts {
   struct call_rec *calls; /* tide_call's calls in flight (loop thread) */
   pthread_mutex_t lock;
   post_item *head, *tail; /* (lock) */
-  int wake_pending;       /* the eventfd was written (lock) */
-  int added;              /* the event is in the base (lock) */
+  int wake_pending;       /* the eventfd was written (lock; read without it
+                             by the poll phase, see tide__posts_waiting) */
   int closed;             /* the host is being freed (lock) */
   int fd;
   struct event *ev;
@@ -501,10 +496,10 @@ int tide_call(tide_host *h, int nargs, tide_result_fn cb, void *ud) {
 
 /* --- tide_post: work from other threads, run on the loop thread ----------
  * A locked FIFO and one eventfd; the first post after the loop drained the
- * queue writes it, so a burst of posts costs one wake-up. The read event is
- * added on the first post (libevent's calls are thread-safe once
- * evthread_use_pthreads has run), so a host that never posts keeps an
- * empty event base. */
+ * queue writes it, so a burst of posts costs one wake-up. Only the loop
+ * thread calls libevent (so its event base needs no locks): the eventfd's
+ * read event is added at start, as a quiet event (host/loop.c): the poll
+ * phase does not poll for it alone unless a post is waiting. */
 
 static void run_posts(tide_host *h) {
   struct tide__posts *q = h->posts;
@@ -512,7 +507,7 @@ static void run_posts(tide_host *h) {
   pthread_mutex_lock(&q->lock);
   list = q->head;
   q->head = q->tail = NULL;
-  q->wake_pending = 0;
+  __atomic_store_n(&q->wake_pending, 0, __ATOMIC_RELEASE);
   pthread_mutex_unlock(&q->lock);
   while (list) {
     post_item *it = list;
@@ -537,19 +532,26 @@ static int post_init(tide_host *h) {
   if (!q) return -1;
   q->fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
   if (q->fd < 0 || pthread_mutex_init(&q->lock, NULL) != 0 ||
-      !(q->ev = event_new(h->base, q->fd, EV_READ | EV_PERSIST, on_post, h))) {
+      !(q->ev = event_new(h->base, q->fd, EV_READ | EV_PERSIST, on_post, h)) ||
+      event_add(q->ev, NULL) != 0) {
+    if (q->ev) event_free(q->ev);
     if (q->fd >= 0) close(q->fd);
     free(q);
     return -1;
   }
   h->posts = q;
+  h->quiet_events++;
   return 0;
+}
+
+int tide__posts_waiting(const tide_host *h) {
+  return h->posts && __atomic_load_n(&h->posts->wake_pending, __ATOMIC_ACQUIRE);
 }
 
 int tide_post(tide_host *h, tide_post_fn fn, void *arg) {
   struct tide__posts *q = h->posts;
   post_item *it = malloc(sizeof *it);
-  int wake, add;
+  int wake;
   if (!it || !fn) {
     free(it);
     return -1;
@@ -569,10 +571,7 @@ int tide_post(tide_host *h, tide_post_fn fn, void *arg) {
     q->head = it;
   q->tail = it;
   wake = !q->wake_pending;
-  q->wake_pending = 1;
-  add = !q->added;
-  q->added = 1;
-  if (add) event_add(q->ev, NULL); /* under the lock: before any wake-up */
+  __atomic_store_n(&q->wake_pending, 1, __ATOMIC_RELEASE);
   pthread_mutex_unlock(&q->lock);
   if (wake) {
     uint64_t one = 1;

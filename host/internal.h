@@ -106,9 +106,10 @@ struct tide_host {
   int64_t idle_ns;   /* time spent waiting in poll */
   int64_t poll_woke; /* when poll's first callback ran, or 0 */
   int64_t poll_end;  /* when poll returned, or 0 when it was skipped */
-  /* Events always added that need no poll unless tide__poll_wanted says
-   * so (the default signal handlers' wake-up): the poll phase still skips
-   * its system call when nothing else is added. */
+  /* Events always added that need no poll unless tide__poll_wanted or
+   * tide__posts_waiting says so (the default signal handlers' wake-up,
+   * tide_post's): the poll phase still skips its system call when nothing
+   * else is added. */
   int quiet_events;
   int64_t lag_ns;  /* how late the last timer that fired was */
   int64_t lag_max_ns;
@@ -199,6 +200,8 @@ void tide__pool_flush(tide_host *h);
 /* loop.c: set (from a signal handler) when a quiet event has something
  * to deliver; the poll phase then polls. */
 extern volatile sig_atomic_t tide__poll_wanted;
+/* 1 when another thread has posted work the loop has not taken yet */
+int tide__posts_waiting(const tide_host *h);
 
 /* request.c */
 void tide__open_requests(lua_State *L);

@@ -181,7 +181,7 @@ static void run_poll(tide_host *h, tide_run_mode mode) {
   h->phase = TIDE_PHASE_POLL;
   tide__pool_flush(h); /* jobs submitted since: queued before we wait */
   h->poll_end = 0;
-  if (timeout == 0 && !tide__poll_wanted &&
+  if (timeout == 0 && !tide__poll_wanted && !tide__posts_waiting(h) &&
       event_base_get_num_events(h->base, EVENT_BASE_COUNT_ADDED) ==
           h->quiet_events)
     return;
