@@ -61,6 +61,7 @@ struct tide_host {
   lua_State *L;
   struct event_base *base;
   struct event *poll_timer; /* bounds the poll phase's wait */
+  int64_t poll_deadline;    /* the deadline it is armed for, or 0 */
   tide__timers timers;
 
   int64_t now;   /* cached monotonic ns, updated at each iteration's start */

@@ -149,8 +149,9 @@ static void run_pending(tide_host *h) {
   phase_end(h, TIDE_PHASE_PENDING, dlist_run(h, &h->pending), t0);
 }
 
-/* How long poll may wait, in ns; -1 = until an event arrives. */
-static int64_t poll_timeout(tide_host *h, tide_run_mode mode) {
+/* How long poll may wait, in ns; -1 = until an event arrives. When it is
+ * until a timer, *deadline is the timer's. */
+static int64_t poll_timeout(tide_host *h, tide_run_mode mode, int64_t *deadline) {
   tide__timer *next;
   int64_t now;
   if (mode == TIDE_RUN_NOWAIT || HALTED(h) || h->imm_count ||
@@ -163,19 +164,26 @@ static int64_t poll_timeout(tide_host *h, tide_run_mode mode) {
    * time since the iteration began */
   if (next->deadline - h->now <= 1000) return 0;
   now = tide__hrtime();
+  *deadline = next->deadline;
   return next->deadline > now ? next->deadline - now : 0;
 }
 
 volatile sig_atomic_t tide__poll_wanted;
 
 static void poll_timer_cb(evutil_socket_t fd, short what, void *arg) {
-  (void)fd, (void)what, (void)arg; /* only ends the wait */
+  tide_host *h = arg;
+  (void)fd, (void)what;
+  h->poll_deadline = 0; /* it only ends the wait */
 }
 
 /* 3. Wait for I/O and run its callbacks. When no event is registered with
- * libevent and there is nothing to wait for, the system call is skipped. */
+ * libevent and there is nothing to wait for, the system call is skipped.
+ * A wait until a timer arms the poll timer, which stays armed while the
+ * next wait is until the same deadline (usually: a server's timers lie
+ * further ahead than one iteration), rather than an add and a delete of a
+ * libevent timer per iteration. */
 static void run_poll(tide_host *h, tide_run_mode mode) {
-  int64_t timeout = poll_timeout(h, mode), t0, t1;
+  int64_t deadline = 0, timeout = poll_timeout(h, mode, &deadline), t0, t1;
   uint64_t calls0 = h->phase_calls[TIDE_PHASE_POLL];
   if (HALTED(h)) return;
   h->phase = TIDE_PHASE_POLL;
@@ -183,22 +191,25 @@ static void run_poll(tide_host *h, tide_run_mode mode) {
   h->poll_end = 0;
   if (timeout == 0 && !tide__poll_wanted && !tide__posts_waiting(h) &&
       event_base_get_num_events(h->base, EVENT_BASE_COUNT_ADDED) ==
-          h->quiet_events)
+          h->quiet_events + (h->poll_deadline != 0))
     return;
   t0 = tide__hrtime();
   h->poll_woke = 0;
   if (timeout == 0) {
     event_base_loop(h->base, EVLOOP_NONBLOCK);
   } else {
-    if (timeout > 0) {
+    if (timeout > 0 && deadline != h->poll_deadline) {
       struct timeval tv = {(time_t)(timeout / 1000000000),
                            (suseconds_t)((timeout % 1000000000 + 999) / 1000)};
       if (!h->poll_timer)
         h->poll_timer = evtimer_new(h->base, poll_timer_cb, h);
-      evtimer_add(h->poll_timer, &tv);
+      if (h->poll_timer && evtimer_add(h->poll_timer, &tv) == 0)
+        h->poll_deadline = deadline;
+    } else if (timeout < 0 && h->poll_deadline) { /* no timer left */
+      evtimer_del(h->poll_timer);
+      h->poll_deadline = 0;
     }
     event_base_loop(h->base, EVLOOP_ONCE);
-    if (timeout > 0) evtimer_del(h->poll_timer);
   }
   h->poll_end = t1 = tide__hrtime();
   /* Idle time ends at the first callback (tide__call marks it). */
