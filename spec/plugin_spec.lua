@@ -563,6 +563,88 @@ describe("budgets", function()
     assert.truthy(e and e:find("CPU budget", 1, true), e)
   end)
 
+  -- the count hook is set only while plugin code may run
+  -- (modules/plugin.c): what follows pins where it must be set
+
+  it("sets the count hook only while plugin code runs", function()
+    local C = require "tide.plugin.c"
+    plugin.define("probe", function() return function() return C.hooked() end end)
+    local p = load([[
+      return {
+        now = function() return probe() end,
+        later = function() tide.sleep(0.001) return probe() end,
+      }
+    ]], quiet{grants = {"probe"}})
+    assert.is_false(C.hooked())
+    assert.same({true, true}, {p:call("now")})
+    assert.is_false(C.hooked(), "still set after the call")
+    assert.same({true, true}, {p:call("later")})
+    assert.is_false(C.hooked(), "still set after a call that waited")
+  end)
+
+  it("stops a busy loop of a plugin's task or timer after it waited", function()
+    local errors = tide.channel(4)
+    tide.on_error(function(err) errors:send(tostring(err)) end)
+    local ok, r = run_in_plugin([[
+      tide.spawn(function() tide.sleep(0.01) while true do end end)
+      tide.after(0.001, function() tide.sleep(0.01) local x = 0 while true do x = x + 1 end end)
+      return "armed"
+    ]], {budget = 0.05, grants = {"timer"}})
+    assert.is_true(ok, r)
+    local e1, e2 = errors:recv(5), errors:recv(5)
+    tide.on_error(nil)
+    assert.truthy(e1 and e1:find("CPU budget", 1, true), e1)
+    assert.truthy(e2 and e2:find("CPU budget", 1, true), e2)
+  end)
+
+  it("stops a busy loop in a callback the host calls outside any call", function()
+    local stored
+    plugin.define("later", {keep = function(f) stored = f end})
+    local ok, r = run_in_plugin([[
+      later.keep(function() local x = 0 while true do x = x + 1 end end)
+      return "kept"
+    ]], {budget = 0.05, grants = {"later"}})
+    assert.is_true(ok, r)
+    local secs, res = elapsed(function() return {pcall(stored)} end)
+    res = res[1]
+    assert.is_false(res[1])
+    assert.truthy(tostring(res[2]):find("CPU budget", 1, true), tostring(res[2]))
+    assert.is_true(secs < 1, "took " .. secs)
+  end)
+
+  it("stops a loop that keeps calling back into the plugin", function()
+    plugin.define("bounce", {call = function(f) return f() end})
+    local secs, r = elapsed(function()
+      return run_in_plugin([[
+        local function nop() end
+        while true do bounce.call(nop) end
+      ]], {budget = 0.05, grants = {"bounce"}})
+    end)
+    assert.is_nil(r[1])
+    assert.truthy(r[2]:find("CPU budget", 1, true), r[2])
+    assert.is_true(secs < 1, "took " .. secs)
+    local errors = tide.channel(4)
+    tide.on_error(function(err) errors:send(tostring(err)) end)
+    local ok, e = run_in_plugin([[
+      local function nop() end
+      tide.spawn(function() while true do bounce.call(nop) end end)
+      return "spawned"
+    ]], {budget = 0.05, grants = {"bounce"}})
+    assert.is_true(ok, e)
+    e = errors:recv(5)
+    tide.on_error(nil)
+    assert.truthy(e and e:find("CPU budget", 1, true), e)
+  end)
+
+  it("ends a call whose runs are each too short for the hook to fire", function()
+    local secs, r = elapsed(function()
+      return run_in_plugin("while true do tide.yield() end", {budget = 0.05})
+    end)
+    assert.is_nil(r[1])
+    assert.truthy(r[2]:find("CPU budget", 1, true), r[2])
+    assert.is_true(secs < 2, "took " .. secs)
+  end)
+
   it("measures the cost of running plugin code with the JIT off", function()
     local code = "local x = 0 for i = 1, 3e6 do x = x + i % 7 end return x"
     local host = assert(loadstring(code))

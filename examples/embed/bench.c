@@ -4,7 +4,12 @@
  * that task); then the cost of running plugin code with the JIT off and
  * the budget's count hook on, on a CPU-bound function.
  *
- *   embed_bench [calls]      (default 1000000)
+ *   embed_bench [calls [iterations]]
+ *
+ * calls: per call benchmark (default 1000000); iterations: of the
+ * CPU-bound loop (default 3e7; 0 leaves that part out, as for a run under
+ * valgrind --tool=callgrind --dump-after=bench_call, which then reports
+ * the instructions of each call benchmark on its own).
  */
 #define _GNU_SOURCE
 #include <stdio.h>
@@ -38,7 +43,11 @@ static void report(const char *what, long n, double secs, double base_ns) {
   printf("\n");
 }
 
-/* n calls of the global fn through tide_call; seconds */
+/* n calls of the global fn through tide_call; seconds (not inlined:
+ * callgrind's --dump-after names it) */
+#ifdef __GNUC__
+__attribute__((noinline))
+#endif
 static double bench_call(tide_host *h, const char *fn, long n) {
   lua_State *L = tide_lua(h);
   double t0 = now();
@@ -79,15 +88,27 @@ static const char cpu_fn[] =
     "function(n) local x = 0 for i = 1, n do x = (x + i * 7) % 1000003 end "
     "return x end";
 
+/* seconds that f(iters) takes, f being cpu_fn after the Lua statement
+ * setup (which may replace it) */
+static double cpu_time(tide_host *h, double iters, const char *setup) {
+  char code[1024];
+  snprintf(code, sizeof code,
+           "local f = %s\n%s\n"
+           "local t0 = tide.hrtime() f(%.0f) result = tide.hrtime() - t0",
+           cpu_fn, setup, iters);
+  return eval_number(h, code);
+}
+
 int main(int argc, char **argv) {
   long n = argc > 1 ? atol(argv[1]) : 1000000, i;
+  double iters = argc > 2 ? atof(argv[2]) : 3e7;
   char err[256], path[] = "/tmp/tide-bench-XXXXXX.lua", code[1024];
   tide_host *h = tide_host_new(NULL, err, sizeof err);
   lua_State *L;
-  double t, base, t_jit, t_nojit, t_hooked, t_plugin;
+  double t, base, t_jit = 0, t_nojit = 0, t_hooked, t_plugin;
   FILE *f;
   int fd;
-  if (!h || n <= 0) {
+  if (!h || n <= 0 || !(iters >= 0)) {
     fprintf(stderr, "embed_bench: %s\n", h ? "bad count" : err);
     return 1;
   }
@@ -109,16 +130,10 @@ int main(int argc, char **argv) {
          base);
 
   /* CPU-bound, before any plugin: JIT, then JIT off */
-  snprintf(code, sizeof code,
-           "local f = %s\n"
-           "local t0 = tide.hrtime() f(3e7) result = tide.hrtime() - t0",
-           cpu_fn);
-  t_jit = eval_number(h, code);
-  snprintf(code, sizeof code,
-           "local f = %s\n jit.off(f)\n"
-           "local t0 = tide.hrtime() f(3e7) result = tide.hrtime() - t0",
-           cpu_fn);
-  t_nojit = eval_number(h, code);
+  if (iters > 0) {
+    t_jit = cpu_time(h, iters, "");
+    t_nojit = cpu_time(h, iters, "jit.off(f)");
+  }
 
   /* a plugin */
   fd = mkstemps(path, 4);
@@ -134,22 +149,19 @@ int main(int argc, char **argv) {
   report("tide_call, a plugin loaded", n, bench_call(h, "echo", n), base);
   report("tide_call of a plugin hook", n, bench_call(h, "hook", n), base);
 
-  snprintf(code, sizeof code,
-           "local f = %s\n jit.off(f)\n"
-           "local t0 = tide.hrtime() f(3e7) result = tide.hrtime() - t0",
-           cpu_fn);
-  t_hooked = eval_number(h, code);
-  t_plugin = eval_number(h,
-      "local t0 = tide.hrtime() assert(p:call('cpu', 3e7))\n"
-      "result = tide.hrtime() - t0");
-  printf("\nCPU-bound loop, 3e7 iterations:\n"
-         "  host code, JIT on               %7.1f ms\n"
-         "  host code, JIT off              %7.1f ms\n"
-         "  host code, JIT off, hook set    %7.1f ms\n"
-         "  plugin hook (JIT off, budgeted) %7.1f ms  (%.1fx the JIT, "
-         "%.2fx the interpreter)\n",
-         t_jit * 1e3, t_nojit * 1e3, t_hooked * 1e3, t_plugin * 1e3,
-         t_plugin / t_jit, t_plugin / t_nojit);
+  if (iters > 0) {
+    t_hooked = cpu_time(h, iters, "jit.off(f)");
+    t_plugin = cpu_time(h, iters, "f = function(n) "
+                                  "return assert(p:call('cpu', n)) end");
+    printf("\nCPU-bound loop, %.0f iterations:\n"
+           "  host code, JIT on               %7.1f ms\n"
+           "  host code, JIT off              %7.1f ms\n"
+           "  host code, JIT off, plugin loaded %5.1f ms\n"
+           "  plugin hook (JIT off, budgeted) %7.1f ms  (%.1fx the JIT, "
+           "%.2fx the interpreter)\n",
+           iters, t_jit * 1e3, t_nojit * 1e3, t_hooked * 1e3, t_plugin * 1e3,
+           t_plugin / t_jit, t_plugin / t_nojit);
+  }
   unlink(path);
   tide_host_free(h);
   return 0;

@@ -6,6 +6,9 @@
 -- The C half (modules/plugin.c) keeps the budgets with a count hook; it
 -- fires only in interpreted code, so every function of a plugin is loaded
 -- with the JIT off (jit.off(chunk, true) covers the functions it defines).
+-- The hook is set only while plugin code may run: every way the host runs
+-- a plugin's function goes through run_budgeted (a call) or guard (a task,
+-- a timer, a callback), which tell the C half.
 
 local tide = require "tide"
 local C = require "tide.plugin.c"
@@ -19,8 +22,8 @@ local rawget, rawset, rawequal, setmetatable, getmetatable =
 local setfenv, loadstring, tonumber = setfenv, loadstring, tonumber
 local hrtime = tide.hrtime
 local traceback, raw_getmetatable = debug.traceback, debug.getmetatable
-local C_budget, C_enter, C_leave, C_killed =
-  C.budget, C.enter, C.leave, C.killed
+local C_enter, C_leave, C_killed, C_mark, C_unmark =
+  C.enter, C.leave, C.killed, C.mark, C.unmark
 local is_cancel = tide._is_cancel
 local stderr = io.stderr
 
@@ -59,15 +62,9 @@ end
 
 local hooked = false
 
--- budgets of ended calls, for the next calls (no allocation per call)
-local spare, nspare = {}, 0
-
-local function finish(b, prev, ok, ...)
-  local _, _, killed = C_leave(b, prev)
-  if nspare < 64 then
-    nspare = nspare + 1
-    spare[nspare] = b
-  end
+-- a run that failed or ran out of its budget (killed: the message of
+-- that): false, message
+local function failed(ok, killed, ...)
   -- the calling task was cancelled (a timeout around the call): that is
   -- the caller's, not a failure of the plugin
   if not ok and is_cancel((...)) then error((...), 0) end
@@ -78,21 +75,21 @@ local function finish(b, prev, ok, ...)
     end
     return false, e
   end
-  if ok then return true, ... end
   return false, message((...))
 end
 
+local function finish(b, prev, ok, ...)
+  local killed = C_leave(b, prev)
+  if ok and not killed then return true, ... end
+  return failed(ok, killed, ...)
+end
+
 -- fn(...) under p's budget, in the calling task: true, results or false,
--- message
+-- message. A plugin keeps the budget of its last call for the next one
+-- (C_enter makes a new one when that one is still in use).
 local function run_budgeted(p, fn, ...)
-  local b
-  if nspare > 0 then
-    b = spare[nspare]
-    spare[nspare] = nil
-    nspare = nspare - 1
-  end
-  b = C_budget(p.name, p.budget, p.memory, b)
-  local prev = C_enter(b)
+  local b, prev = C_enter(p._budget, p.name, p.budget, p.memory)
+  p._budget = b
   return finish(b, prev, xpcall(fn, handler, ...))
 end
 
@@ -149,9 +146,13 @@ local function settle(ok, ...)
   error(message(e), 0)
 end
 
+-- (C_mark(): plugin code begins in this coroutine, under the count hook;
+-- C_unmark(was_set, ...) -> ...: it ended, the hook is as it was before)
 local function guard(fn)
   if type(fn) ~= "function" then return fn end -- the host's check says so
-  return function(...) return settle(xpcall(fn, handler, ...)) end
+  return function(...)
+    return settle(C_unmark(C_mark(), xpcall(fn, handler, ...)))
+  end
 end
 
 -- Proxies for the scheduler's objects: a plugin gets methods, never the
@@ -836,7 +837,7 @@ function schedule_reload(p)
   p.reload_timer:unref()
 end
 
-local check_plugin = function(self, fname)
+local function check_plugin(self, fname)
   if getmetatable(self) ~= Plugin then
     error(("bad argument #1 to '%s' (plugin expected, got %s)"):format(
       fname, type(self)), 3)
@@ -862,10 +863,20 @@ local function call_done(p, hook, ok, ...)
   return nil, err
 end
 
+-- the end of a call without a timeout (run_budgeted and call_done, with
+-- no more frames than needed on the way of a call that returned)
+local function called(p, hook, b, prev, ok, ...)
+  local killed = C_leave(b, prev)
+  if ok and not killed then return true, ... end
+  return call_done(p, hook, failed(ok, killed, ...))
+end
+
+local HUGE = math.huge
+
 -- p:call(hook, ...) -> true, results | nil, message: the hook runs in the
 -- calling task, under the plugin's budget
 function Plugin:call(hook, ...)
-  check_plugin(self, "call")
+  if getmetatable(self) ~= Plugin then check_plugin(self, "call") end
   local st = self._status
   if st ~= "loaded" then
     return nil, ("plugin '%s' is %s"):format(self.name, st)
@@ -875,10 +886,12 @@ function Plugin:call(hook, ...)
     return nil, ("plugin '%s' has no hook '%s'"):format(self.name, message(hook))
   end
   local to = self.timeout
-  if not to or to == math.huge then
-    return call_done(self, hook, run_budgeted(self, fn, ...))
+  if to and to ~= HUGE then
+    return call_done(self, hook, timed(self, to, tide.timeout(to, run_budgeted, self, fn, ...)))
   end
-  return call_done(self, hook, timed(self, to, tide.timeout(to, run_budgeted, self, fn, ...)))
+  local b, prev = C_enter(self._budget, self.name, self.budget, self.memory)
+  self._budget = b
+  return called(self, hook, b, prev, xpcall(fn, handler, ...))
 end
 
 -- p:has(hook) -> whether the current version has that hook
