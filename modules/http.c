@@ -11,9 +11,7 @@
  *       headers(); a request whose handler never looks at its headers
  *       costs no table and no strings for them)
  *   headers(buf, pos, max_fields) -> headers | nil, status, message
- *   simple_head(status_line, date_line, headers, length, tail[, body])
- *       -> head | false | nil, key: a whole response head made in one
- *       string (see l_simple_head)
+ *   date_line() -> "Date: <IMF-fixdate>\r\n", formatted once a second
  *   parse_response(buf, pos, max_head, max_fields)
  *       -> status, reason, minor, headers, next, body, length, flags
  *        | false | nil, 0, message
@@ -26,6 +24,14 @@
  *   peer_gone(stream) -> boolean: the peer closed or reset the connection
  *   headers_mt: the metatable of every headers table made here (the Lua
  *   half gives it its case-insensitive __index)
+ *
+ * and, for the server's path of every request, functions the Lua half
+ * calls through the FFI (a call through the Lua C API ends the JIT's
+ * trace; these are compiled into it): parse_ffi, parse_request's lazy
+ * form with its results in a struct (parse_ffi_result: the struct's
+ * declaration), and head_start_ffi, head_field_ffi and head_end_ffi,
+ * which build the head of an answer a handler returned (see
+ * tide__http_head_start). They take no lua_State.
  *
  * Positions are 1-based, as Lua's; `next` is the first byte after what
  * was parsed. `body` is BODY_NONE, BODY_LENGTH (length bytes) or
@@ -46,10 +52,11 @@
  */
 #include <errno.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <strings.h>
 #include <sys/socket.h>
+#include <time.h>
 
 #include "stream.h"
 
@@ -112,8 +119,17 @@ static int fail(perr *e, int status, const char *msg) {
   return -1;
 }
 
-static int name_is(const char *p, size_t n, const char *lower, size_t ln) {
-  return n == ln && strncasecmp(p, lower, n) == 0;
+/* p[0..n) is lower[0..ln) in any case (ASCII; inline: most names differ
+ * at their first byte, and a call of strncasecmp costs more than that) */
+static inline int name_is(const char *p, size_t n, const char *lower, size_t ln) {
+  size_t i;
+  if (n != ln) return 0;
+  for (i = 0; i < n; i++) {
+    unsigned char c = (unsigned char)p[i];
+    if (c >= 'A' && c <= 'Z') c = (unsigned char)(c + 32);
+    if (c != (unsigned char)lower[i]) return 0;
+  }
+  return 1;
 }
 
 /* Content-Length: 1 to MAX_DIGITS digits, nothing else. */
@@ -350,92 +366,150 @@ static field *fields_for(lua_State *L, fieldbuf *fb, int max_fields) {
   return fb->fs;
 }
 
-static int l_parse_request(lua_State *L) {
-  size_t len, i, start, max_line = arg_size(L, 3), max_head = arg_size(L, 4);
-  const char *b = arg_buf(L, &len, &i), *nl;
-  int max_fields = arg_fields(L, 5), minor, nfs = 0, body = BODY_NONE, k;
-  int lazy = lua_toboolean(L, 6);
-  size_t line_end, m_end, t_start, t_end;
+/* A parsed request head, as parse_head gives it to l_parse_request and
+ * to the FFI entry tide__http_parse_ffi. Positions are 1-based;
+ * the fields are doubles and 32-bit integers, which LuaJIT reads as
+ * numbers. The same text is the FFI's declaration (preq_decl, which the
+ * module gives Lua as parse_ffi_result). */
+#define PREQ_FIELDS(...) __VA_ARGS__
+#define PREQ_BODY                                                               \
+  PREQ_FIELDS(double m_from, m_to, t_from, t_to, hpos, next, length;            \
+              int32_t minor, body, flags, status; const char *msg;)
+typedef struct preq {
+  PREQ_BODY
+} preq;
+#define STRINGIFY_(...) #__VA_ARGS__
+#define STRINGIFY(...) STRINGIFY_(__VA_ARGS__)
+static const char preq_decl[] = "struct { " STRINGIFY(PREQ_BODY) " }";
+
+/* The request head at b[i..len): 1 (r filled, its fields in fs[0 ..
+ * *nfs_out)), 0 (incomplete) or -1 (an error in e). fs: room for
+ * max_fields fields. */
+static int parse_head(const char *b, size_t len, size_t i, size_t max_line,
+                      size_t max_head, int max_fields, field *fs, int *nfs_out,
+                      preq *r, perr *e) {
+  size_t start, line_end, m_end, t_start, t_end;
+  const char *nl;
+  int minor, nfs = 0, body = BODY_NONE, k;
   long next;
-  perr e = {0, NULL};
   meta m;
-  fieldbuf fb;
-  field *fs = fields_for(L, &fb, max_fields);
   /* empty lines before a request are ignored (RFC 9112, 2.2) */
   for (k = 0; k < 8 && i + 1 < len && b[i] == '\r' && b[i + 1] == '\n'; k++) i += 2;
   start = i;
-  if (i >= len) goto incomplete;
+  if (i >= len) return 0;
   nl = memchr(b + i, '\n', len - i < max_line + 2 ? len - i : max_line + 2);
   if (!nl) {
-    if (len - i >= max_line + 2) return fail(&e, 414, "request line too long"), push_error(L, &e);
-    goto incomplete;
+    if (len - i >= max_line + 2) return fail(e, 414, "request line too long");
+    return 0;
   }
   line_end = (size_t)(nl - b);
-  if (line_end == i || b[line_end - 1] != '\r') {
-    fail(&e, 400, "bare LF in the request line");
-    return push_error(L, &e);
-  }
+  if (line_end == i || b[line_end - 1] != '\r')
+    return fail(e, 400, "bare LF in the request line");
   line_end--;
-  if (line_end - i > max_line) {
-    fail(&e, 414, "request line too long");
-    return push_error(L, &e);
-  }
+  if (line_end - i > max_line) return fail(e, 414, "request line too long");
   for (m_end = i; m_end < line_end && IS(b[m_end], C_TOKEN); m_end++) {}
-  if (m_end == i || m_end == line_end || b[m_end] != ' ') {
-    fail(&e, 400, "malformed request line");
-    return push_error(L, &e);
-  }
+  if (m_end == i || m_end == line_end || b[m_end] != ' ')
+    return fail(e, 400, "malformed request line");
   t_start = m_end + 1;
   for (t_end = t_start; t_end < line_end && IS(b[t_end], C_TARGET); t_end++) {}
-  if (t_end == t_start || t_end == line_end || b[t_end] != ' ') {
-    fail(&e, 400, "malformed request line");
-    return push_error(L, &e);
-  }
+  if (t_end == t_start || t_end == line_end || b[t_end] != ' ')
+    return fail(e, 400, "malformed request line");
   minor = parse_version(b, t_end + 1, line_end);
-  if (minor < 0) {
-    fail(&e, 400, minor == -2 ? "unsupported HTTP version" : "malformed request line");
-    return push_error(L, &e);
-  }
-  next = parse_fields(b, len, line_end + 2, start, max_head, max_fields, fs, &nfs, &e);
-  if (next < 0) return push_error(L, &e);
-  if (next == 0) goto incomplete;
+  if (minor < 0)
+    return fail(e, 400, minor == -2 ? "unsupported HTTP version" : "malformed request line");
+  next = parse_fields(b, len, line_end + 2, start, max_head, max_fields, fs, &nfs, e);
+  if (next < 0) return -1;
+  if (next == 0) return 0;
   memset(&m, 0, sizeof m);
   m.length = -1;
   for (k = 0; k < nfs; k++)
-    if (field_meta(&m, b, &fs[k], &e) != 0) return push_error(L, &e);
+    if (field_meta(&m, b, &fs[k], e) != 0) return -1;
   if (m.te) {
-    if (minor == 0) fail(&e, 400, "Transfer-Encoding in an HTTP/1.0 request");
-    else if (m.length >= 0) fail(&e, 400, "both Content-Length and Transfer-Encoding");
-    else if (m.te_bad || m.te_chunked != 1 || !m.te_last_chunked)
-      fail(&e, 400, "Transfer-Encoding must end with chunked, once");
-    else if (m.te_other) fail(&e, 501, "unsupported transfer coding");
-    if (e.status) return push_error(L, &e);
+    if (minor == 0) return fail(e, 400, "Transfer-Encoding in an HTTP/1.0 request");
+    if (m.length >= 0) return fail(e, 400, "both Content-Length and Transfer-Encoding");
+    if (m.te_bad || m.te_chunked != 1 || !m.te_last_chunked)
+      return fail(e, 400, "Transfer-Encoding must end with chunked, once");
+    if (m.te_other) return fail(e, 501, "unsupported transfer coding");
     body = BODY_CHUNKED;
   } else if (m.length > 0) {
     body = BODY_LENGTH;
   }
-  if (minor == 1 && m.hosts != 1) {
-    fail(&e, 400, m.hosts ? "more than one Host header" : "HTTP/1.1 request without Host");
-    return push_error(L, &e);
-  }
+  if (minor == 1 && m.hosts != 1)
+    return fail(e, 400, m.hosts ? "more than one Host header" : "HTTP/1.1 request without Host");
   if (minor == 0) m.flags &= ~F_CONTINUE;
-  else if (m.expect_bad) {
-    fail(&e, 417, "unsupported expectation");
-    return push_error(L, &e);
-  }
-  lua_pushlstring(L, b + i, m_end - i);
-  lua_pushlstring(L, b + t_start, t_end - t_start);
-  lua_pushinteger(L, minor);
-  if (lazy) lua_pushinteger(L, (lua_Integer)(line_end + 2 + 1));
-  else push_headers(L, b, fs, nfs);
-  lua_pushinteger(L, next + 1);
-  lua_pushinteger(L, body);
-  lua_pushnumber(L, (lua_Number)(m.length > 0 ? m.length : 0));
-  lua_pushinteger(L, m.flags);
-  return 8;
-incomplete:
-  lua_pushboolean(L, 0);
+  else if (m.expect_bad) return fail(e, 417, "unsupported expectation");
+  r->m_from = (double)(i + 1);
+  r->m_to = (double)m_end;
+  r->t_from = (double)(t_start + 1);
+  r->t_to = (double)t_end;
+  r->hpos = (double)(line_end + 2 + 1);
+  r->next = (double)(next + 1);
+  r->length = (double)(m.length > 0 ? m.length : 0);
+  r->minor = minor;
+  r->body = body;
+  r->flags = m.flags;
+  *nfs_out = nfs;
   return 1;
+}
+
+static int l_parse_request(lua_State *L) {
+  size_t len, i, max_line = arg_size(L, 3), max_head = arg_size(L, 4);
+  const char *b = arg_buf(L, &len, &i);
+  int max_fields = arg_fields(L, 5), lazy = lua_toboolean(L, 6), nfs = 0, rc;
+  perr e = {0, NULL};
+  preq r;
+  fieldbuf fb;
+  field *fs = fields_for(L, &fb, max_fields);
+  rc = parse_head(b, len, i, max_line, max_head, max_fields, fs, &nfs, &r, &e);
+  if (rc < 0) return push_error(L, &e);
+  if (rc == 0) {
+    lua_pushboolean(L, 0);
+    return 1;
+  }
+  lua_pushlstring(L, b + (size_t)r.m_from - 1, (size_t)(r.m_to - r.m_from + 1));
+  lua_pushlstring(L, b + (size_t)r.t_from - 1, (size_t)(r.t_to - r.t_from + 1));
+  lua_pushinteger(L, r.minor);
+  if (lazy) lua_pushnumber(L, r.hpos);
+  else push_headers(L, b, fs, nfs);
+  lua_pushnumber(L, r.next);
+  lua_pushinteger(L, r.body);
+  lua_pushnumber(L, r.length);
+  lua_pushinteger(L, r.flags);
+  return 8;
+}
+
+/* parse_request's lazy form for the FFI (lua/tide/http.lua calls it from
+ * compiled code, where a call through the Lua C API would end the
+ * trace): b and len the buffer, pos 1-based, the limits as
+ * parse_request's; returns 1 (r filled), 0 (incomplete) or -1 (r->status
+ * and r->msg). Uses no lua_State. */
+int tide__http_parse_ffi(const char *b, double len, double pos, double max_line,
+                         double max_head, double max_fields, preq *r);
+int tide__http_parse_ffi(const char *b, double len, double pos, double max_line,
+                         double max_head, double max_fields, preq *r) {
+  field stack[FIELDS_ON_STACK], *fs = stack;
+  perr e = {0, NULL};
+  int nfs = 0;
+  size_t n = len > 0 ? (size_t)len : 0, i = pos > 1 ? (size_t)pos - 1 : 0;
+  int nf = max_fields > 0 ? (max_fields < 100000 ? (int)max_fields : 100000) : 0, rc;
+  if (i > n) i = n;
+  if (nf > FIELDS_ON_STACK) {
+    fs = malloc(sizeof(field) * (size_t)nf);
+    if (!fs) {
+      r->status = 503;
+      r->msg = "out of memory";
+      return -1;
+    }
+  }
+  rc = parse_head(b, n, i, max_line > 0 ? (max_line < 1e15 ? (size_t)max_line : (size_t)1e15) : 0,
+                  max_head > 0 ? (max_head < 1e15 ? (size_t)max_head : (size_t)1e15) : 0,
+                  nf, fs, &nfs, r, &e);
+  if (fs != stack) free(fs);
+  if (rc < 0) {
+    r->status = e.status;
+    r->msg = e.msg;
+  }
+  return rc;
 }
 
 static int l_parse_response(lua_State *L) {
@@ -656,109 +730,121 @@ static int l_headers(lua_State *L) {
   return 1;
 }
 
-/* simple_head(status_line, date_line, headers, length, tail[, body])
- *   -> head | false | nil, key
- * The head of a response a handler returned as (status, body, headers),
- * in one string: status_line, date_line, "Name: value\r\n" for each
- * entry of the headers table (nil: none), "Content-Length: " length,
- * then tail (the end of that line, the Connection field if any and the
- * empty line); with body, the body follows in the same string. false
- * when a header is one the server frames itself (Content-Length,
- * Connection, Transfer-Encoding, Date, in any case) or has a number for
- * its value: the caller takes the general path. nil and the key when a
- * name is not a token or a value is not a string free of CR, LF and NUL;
- * nil, nil when headers is not a table. */
-static int head_entry(lua_State *L, size_t *total) {
-  size_t nl, vl, i;
-  const char *n, *v;
-  if (lua_type(L, -2) != LUA_TSTRING) return -1;
-  if (lua_type(L, -1) == LUA_TNUMBER) return 0;
-  if (lua_type(L, -1) != LUA_TSTRING) return -1;
-  n = lua_tolstring(L, -2, &nl);
-  v = lua_tolstring(L, -1, &vl);
-  if (nl == 0) return -1;
-  for (i = 0; i < nl; i++)
-    if (!IS(n[i], C_TOKEN)) return -1;
-  for (i = 0; i < vl; i++)
-    if (v[i] == '\r' || v[i] == '\n' || v[i] == '\0') return -1;
-  if ((nl == 4 && name_is(n, nl, "date", 4)) ||
-      (nl == 10 && name_is(n, nl, "connection", 10)) ||
-      (nl == 14 && name_is(n, nl, "content-length", 14)) ||
-      (nl == 17 && name_is(n, nl, "transfer-encoding", 17)))
-    return 0;
-  *total += nl + 2 + vl + 2;
+/* "Date: Thu, 26 Nov 2026 18:06:00 GMT\r\n" for the current second,
+ * formatted once a second (per thread: a host's loop is one thread), in
+ * English whatever the locale. */
+static const char *date_line(size_t *len) {
+  static const char days[] = "SunMonTueWedThuFriSat";
+  static const char months[] = "JanFebMarAprMayJunJulAugSepOctNovDec";
+  static _Thread_local time_t sec = (time_t)-1;
+  static _Thread_local char line[64];
+  static _Thread_local size_t n;
+  time_t t = time(NULL);
+  if (t != sec) {
+    struct tm tm;
+    int k;
+    if (!gmtime_r(&t, &tm)) memset(&tm, 0, sizeof tm);
+    k = snprintf(line, sizeof line, "Date: %.3s, %02d %.3s %04d %02d:%02d:%02d GMT\r\n",
+                 days + 3 * (tm.tm_wday % 7), tm.tm_mday, months + 3 * (tm.tm_mon % 12),
+                 tm.tm_year + 1900, tm.tm_hour, tm.tm_min, tm.tm_sec);
+    n = k > 0 && (size_t)k < sizeof line ? (size_t)k : 0;
+    sec = t;
+  }
+  *len = n;
+  return line;
+}
+
+/* date_line() -> "Date: ...\r\n" (as tide__http_head_start puts it) */
+static int l_date_line(lua_State *L) {
+  size_t n;
+  const char *d = date_line(&n);
+  lua_pushlstring(L, d, n);
   return 1;
 }
 
-static int l_simple_head(lua_State *L) {
-  size_t sl, dl, tl, bl = 0, total, at;
-  const char *st = luaL_checklstring(L, 1, &sl), *dt = luaL_checklstring(L, 2, &dl);
-  lua_Number length = luaL_checknumber(L, 4);
-  const char *tail = luaL_checklstring(L, 5, &tl), *body = luaL_optlstring(L, 6, NULL, &bl);
-  char num[32], stack[2048], *out;
-  int nn, has = lua_istable(L, 3);
-  if (!(length >= 0 && length < 1e15)) return luaL_argerror(L, 4, "length out of range");
-  if (!has && !lua_isnil(L, 3)) {
-    lua_pushnil(L);
-    lua_pushnil(L);
-    return 2;
-  }
-  {
-    uint64_t x = (uint64_t)length;
-    char rev[24];
-    int k = 0;
-    do rev[k++] = (char)('0' + x % 10), x /= 10;
-    while (x);
-    for (nn = 0; nn < k; nn++) num[nn] = rev[k - 1 - nn];
-  }
-  total = sl + dl + 16 + (size_t)nn + tl + bl;
-  if (has) {
-    lua_pushnil(L);
-    while (lua_next(L, 3)) {
-      int r = head_entry(L, &total);
-      if (r <= 0) {
-        if (r == 0) {
-          lua_pushboolean(L, 0);
-          return 1;
-        }
-        lua_pushnil(L);
-        lua_pushvalue(L, -3);
-        return 2;
-      }
-      lua_pop(L, 1);
-    }
-  }
-  out = total <= sizeof stack ? stack : lua_newuserdata(L, total);
-  memcpy(out, st, sl);
-  at = sl;
-  memcpy(out + at, dt, dl);
-  at += dl;
-  if (has) {
-    lua_pushnil(L);
-    while (lua_next(L, 3)) {
-      size_t nl, vl;
-      const char *n = lua_tolstring(L, -2, &nl), *v = lua_tolstring(L, -1, &vl);
-      memcpy(out + at, n, nl);
-      at += nl;
-      out[at++] = ':';
-      out[at++] = ' ';
-      memcpy(out + at, v, vl);
-      at += vl;
-      out[at++] = '\r';
-      out[at++] = '\n';
-      lua_pop(L, 1);
-    }
-  }
-  memcpy(out + at, "Content-Length: ", 16);
-  at += 16;
-  memcpy(out + at, num, (size_t)nn);
-  at += (size_t)nn;
-  memcpy(out + at, tail, tl);
-  at += tl;
-  if (bl) memcpy(out + at, body, bl);
-  at += bl;
-  lua_pushlstring(L, out, at);
-  return 1;
+/* The head of a response a handler returned as (status, body, headers),
+ * with the body when it is small, in one string: built in a buffer of
+ * the caller's (out, cap bytes) by three calls, each returning the
+ * length so far or a negative value (the caller then takes its general
+ * path):
+ *   tide__http_head_start(out, cap, status_line, sl): the status line
+ *     and date_line()'s line;
+ *   tide__http_head_field(out, cap, at, name, nl, value, vl): appends
+ *     "name: value\r\n"; -1 for a header the server frames itself
+ *     (Content-Length, Connection, Transfer-Encoding, Date, any case),
+ *     -2 for a name that is not a token or a value with CR, LF or NUL;
+ *   tide__http_head_end(out, cap, at, length, tail, body, bl):
+ *     "Content-Length: " length, then the tail (TAIL_*: the end of that
+ *     line and, for 1 and 2, a Connection field, then the empty line),
+ *     then the body when bl >= 0.
+ * -3 from any of them: out is too small. Lengths are doubles (the FFI
+ * passes Lua numbers as they are). */
+enum { TAIL_KEEP = 0, TAIL_KEEP10 = 1, TAIL_CLOSE = 2 };
+
+static int framed_name(const char *n, size_t nl) {
+  return (nl == 4 && name_is(n, nl, "date", 4)) ||
+         (nl == 10 && name_is(n, nl, "connection", 10)) ||
+         (nl == 14 && name_is(n, nl, "content-length", 14)) ||
+         (nl == 17 && name_is(n, nl, "transfer-encoding", 17));
+}
+
+double tide__http_head_start(char *out, double cap, const char *st, double sl);
+double tide__http_head_start(char *out, double cap, const char *st, double sl) {
+  size_t dl, n = (size_t)sl;
+  const char *d = date_line(&dl);
+  if (sl < 0 || (double)(n + dl) > cap) return -3;
+  memcpy(out, st, n);
+  memcpy(out + n, d, dl);
+  return (double)(n + dl);
+}
+
+double tide__http_head_field(char *out, double cap, double at, const char *n, double nl,
+                             const char *v, double vl);
+double tide__http_head_field(char *out, double cap, double at, const char *n, double nl,
+                             const char *v, double vl) {
+  size_t a = (size_t)at, ln = (size_t)nl, lv = (size_t)vl, i;
+  if (ln == 0) return -2;
+  for (i = 0; i < ln; i++)
+    if (!IS(n[i], C_TOKEN)) return -2;
+  for (i = 0; i < lv; i++)
+    if (v[i] == '\r' || v[i] == '\n' || v[i] == '\0') return -2;
+  if (framed_name(n, ln)) return -1;
+  if (at < 0 || (double)(a + ln + lv + 4) > cap) return -3;
+  memcpy(out + a, n, ln);
+  a += ln;
+  out[a++] = ':';
+  out[a++] = ' ';
+  memcpy(out + a, v, lv);
+  a += lv;
+  out[a++] = '\r';
+  out[a++] = '\n';
+  return (double)a;
+}
+
+double tide__http_head_end(char *out, double cap, double at, double length, int tail,
+                           const char *body, double bl);
+double tide__http_head_end(char *out, double cap, double at, double length, int tail,
+                           const char *body, double bl) {
+  static const struct { const char *s; size_t n; } tails[] = {
+      {"\r\n\r\n", 4},
+      {"\r\nConnection: keep-alive\r\n\r\n", 28},
+      {"\r\nConnection: close\r\n\r\n", 23}};
+  size_t a = (size_t)at, b = bl > 0 ? (size_t)bl : 0, k = 0, t;
+  char rev[24];
+  uint64_t x;
+  if (!(length >= 0 && length < 1e15) || tail < 0 || tail > 2 || at < 0) return -3;
+  t = tails[tail].n;
+  x = (uint64_t)length;
+  do rev[k++] = (char)('0' + x % 10), x /= 10;
+  while (x);
+  if ((double)(a + 16 + k + t + b) > cap) return -3;
+  memcpy(out + a, "Content-Length: ", 16);
+  a += 16;
+  while (k) out[a++] = rev[--k];
+  memcpy(out + a, tails[tail].s, t);
+  a += t;
+  if (bl >= 0 && b) memcpy(out + a, body, b);
+  return (double)(a + b);
 }
 
 /* check_field(name, value) -> 0 (a token and a value without CR, LF or
@@ -824,8 +910,18 @@ TIDE_MODULE("tide.http.c", tide__open_http) {
   lua_setfield(L, -2, "scan_chunks");
   lua_pushcfunction(L, l_check_field);
   lua_setfield(L, -2, "check_field");
-  lua_pushcfunction(L, l_simple_head);
-  lua_setfield(L, -2, "simple_head");
+  lua_pushcfunction(L, l_date_line);
+  lua_setfield(L, -2, "date_line");
+  lua_pushlightuserdata(L, (void *)tide__http_parse_ffi);
+  lua_setfield(L, -2, "parse_ffi");
+  lua_pushlightuserdata(L, (void *)tide__http_head_start);
+  lua_setfield(L, -2, "head_start_ffi");
+  lua_pushlightuserdata(L, (void *)tide__http_head_field);
+  lua_setfield(L, -2, "head_field_ffi");
+  lua_pushlightuserdata(L, (void *)tide__http_head_end);
+  lua_setfield(L, -2, "head_end_ffi");
+  lua_pushstring(L, preq_decl);
+  lua_setfield(L, -2, "parse_ffi_result");
   lua_pushcfunction(L, l_peer_gone);
   lua_setfield(L, -2, "peer_gone");
   lua_pushinteger(L, BODY_NONE);

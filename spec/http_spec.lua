@@ -499,6 +499,100 @@ describe("tide.http", function()
       assert.is_nil(res.headers["x-injected"])
       assert.equal("yes", res.headers["x-fine"])
     end)
+
+    -- A returned answer's head is made in one string when it can be; the
+    -- headers it cannot take there (framed by the server, numbers, invalid,
+    -- too large) go the general way, with the same results.
+    it("answers returned headers alike on the one-string path and the general one", function()
+      local big = ("v"):rep(9000)
+      local answers = {
+        ["/two"] = {200, "two", {["X-A"] = "1", ["X-B"] = "2"}},
+        ["/number"] = {200, "n", {["X-N"] = 5}},
+        ["/date"] = {200, "d", {Date = "custom"}},
+        ["/length"] = {200, "hello", {["content-length"] = "5"}},
+        ["/te"] = {200, "t", {["Transfer-Encoding"] = "gzip"}},
+        ["/badname"] = {200, "x", {["Bad Name"] = "x"}},
+        ["/badvalue"] = {200, "x", {X = "a\r\nb"}},
+        ["/notable"] = {200, "x", "X-A: 1"},
+        ["/bigbody"] = {200, ("b"):rep(10000), {["X-A"] = "1"}},
+        ["/bighead"] = {200, "h", {["X-Big"] = big}},
+        ["/empty"] = {200, "", {["X-A"] = "1"}},
+        ["/close"] = {200, "c", {Connection = "close"}},
+      }
+      local s = serve(function(r) return unpack(answers[r.path]) end)
+      local c = connect(s.port)
+      -- the head's lines, in order (with duplicates), then the body
+      local function exchange(path)
+        c:write(req{"GET " .. path .. " HTTP/1.1", "Host: h"})
+        local lines = {assert(c:read_line())}
+        while lines[#lines] ~= "" do lines[#lines + 1] = assert(c:read_line()) end
+        local h, n = {}, {}
+        for i = 2, #lines - 1 do
+          local k, v = lines[i]:match("^([^:]+): (.*)$")
+          h[k:lower()] = v
+          n[k:lower()] = (n[k:lower()] or 0) + 1
+        end
+        local len = tonumber(h["content-length"])
+        return lines[1], h, n, len and len > 0 and c:read_exactly(len) or ""
+      end
+      local st, h, n, body = exchange("/two")
+      assert.equal("HTTP/1.1 200 OK", st)
+      assert.same({"1", "2", "3", 1}, {h["x-a"], h["x-b"], h["content-length"], n.date})
+      assert.equal("two", body)
+      st, h, n, body = exchange("/number")
+      assert.same({"5", "n", 1}, {h["x-n"], body, n.date})
+      st, h, n = exchange("/date")
+      assert.same({"custom", 1}, {h.date, n.date})
+      st, h, n, body = exchange("/length")
+      assert.same({"5", 1, "hello"}, {h["content-length"], n["content-length"], body})
+      st, h, n, body = exchange("/te")
+      assert.same({nil, "1", "t"}, {h["transfer-encoding"], h["content-length"], body})
+      for _, path in ipairs{"/badname", "/badvalue", "/notable"} do
+        st, h, n, body = exchange(path)
+        assert.equal("HTTP/1.1 500 Internal Server Error", st)
+        assert.is_nil(h["x-a"])
+        assert.is_nil(h.x)
+      end
+      st, h, n, body = exchange("/bigbody")
+      assert.same({"1", 10000}, {h["x-a"], #body})
+      assert.equal(("b"):rep(10000), body)
+      st, h, n, body = exchange("/bighead")
+      assert.same({big, "h", 1}, {h["x-big"], body, n.date})
+      st, h, n, body = exchange("/empty")
+      assert.same({"1", "0", ""}, {h["x-a"], h["content-length"], body})
+      st, h, n, body = exchange("/close")
+      assert.same({"close", "c"}, {h.connection, body})
+      assert.is_true(closed(c))
+      c:close()
+      -- HTTP/1.0 with keep-alive gets it back, and the connection stays
+      c = connect(s.port)
+      for _ = 1, 2 do
+        c:write(req{"GET /two HTTP/1.0", "Connection: keep-alive"})
+        local st10, h10, body10 = read_response(c)
+        assert.same({200, "keep-alive", "two"}, {st10, h10.connection, body10})
+      end
+      c:close()
+    end)
+
+    it("sends the Date of the current second, in English whatever the locale", function()
+      local s = serve(function() return 200, "d", {["X-A"] = "1"} end)
+      local before = os.time()
+      local res = assert(http.get(url(s)))
+      local after = os.time()
+      local d = res.headers.date
+      local ok = false
+      for t = before, after do
+        if d == os.date("!%a, %d %b %Y %H:%M:%S GMT", t) then ok = true end
+      end
+      assert.is_true(ok, d)
+      -- (an error answer carries the same line)
+      local c = connect(s.port)
+      c:write("BAD\r\n\r\n")
+      local st, h = read_response(c)
+      assert.equal(400, st)
+      assert.truthy(h.date:match("^%u%l%l, %d%d %u%l%l %d%d%d%d %d%d:%d%d:%d%d GMT$"), h.date)
+      c:close()
+    end)
   end)
 
   describe("limits and timeouts", function()

@@ -34,15 +34,19 @@ local find, sub, lower, upper, format, byte, gsub, char =
   string.byte, string.gsub, string.char
 local concat = table.concat
 local floor, huge = math.floor, math.huge
-local os_time, os_date = os.time, os.date
 local traceback = debug.traceback
 local pcall = pcall
 local now, current = tide.now, tide.current
 local stderr = io.stderr
 
-local parse_request, parse_response, parse_trailers, chunk_size, scan_chunks =
-  C.parse_request, C.parse_response, C.parse_trailers, C.chunk_size,
-  C.scan_chunks
+local parse_response, parse_trailers, chunk_size, scan_chunks =
+  C.parse_response, C.parse_trailers, C.chunk_size, C.scan_chunks
+-- parse_request's lazy form through the FFI: its results in PREQ
+local ffi = require "ffi"
+local PREQ = ffi.new(C.parse_ffi_result)
+local parse_ffi = ffi.cast(ffi.typeof(
+  "int (*)(const char *, double, double, double, double, double, $ *)",
+  ffi.typeof(PREQ)), C.parse_ffi)
 local BODY_NONE, BODY_LENGTH, BODY_CHUNKED = C.BODY_NONE, C.BODY_LENGTH, C.BODY_CHUNKED
 local F_CLOSE, F_KEEPALIVE, F_CONTINUE, F_UNTIL_CLOSE =
   C.F_CLOSE, C.F_KEEPALIVE, C.F_CONTINUE, C.F_UNTIL_CLOSE
@@ -83,16 +87,9 @@ local status_lines = setmetatable({}, {__index = function(t, s)
   return l
 end})
 
--- "Date: ...\r\n", made once per second
-local date_sec, date_line = -1, ""
-local function date_header()
-  local t = os_time()
-  if t ~= date_sec then
-    date_sec = t
-    date_line = os_date("!Date: %a, %d %b %Y %H:%M:%S GMT\r\n", t)
-  end
-  return date_line
-end
+-- "Date: ...\r\n", formatted once a second (by the C half, which puts
+-- the same line in the heads it makes)
+local date_header = C.date_line
 
 -- argument checks ---------------------------------------------------------------
 
@@ -104,7 +101,6 @@ local function describe(v)
 end
 
 local check_field = C.check_field
-local simple_head = C.simple_head
 local function is_token(s) return type(s) == "string" and check_field(s, "") == 0 end
 local function bad_value(s) return check_field("x", s) ~= 0 end
 
@@ -298,6 +294,18 @@ end
 
 -- requests ---------------------------------------------------------------------------
 
+-- A request is a table of two named fields (method, target: made before
+-- the handler runs) and five array slots: the connection's state, the
+-- buffer its head is in and the position of its field lines (for
+-- req.headers), its minor version and the state of its body (B_* below);
+-- the fields a request with a body needs are named ones.
+-- A response is a table of four array slots: the connection's state, its
+-- request, whether its head was sent and whether it is finished.
+-- (Array slots: 160 and 104 bytes, where the same fields by name take a
+-- hash part of 8 and 4 nodes: 256 and 160 bytes.)
+local R_CX, R_BUF, R_HPOS, R_MINOR, R_STATE = 1, 2, 3, 4, 5
+local S_CX, S_REQ, S_SENT, S_DONE = 1, 2, 3, 4
+
 local Req = {}
 local req_methods = {}
 
@@ -337,9 +345,9 @@ end
 -- fields made on first use
 local LAZY = {
   path = function(req) return target_path(req.target) end,
-  version = function(req) return req.minor == 1 and "1.1" or "1.0" end,
-  remote_address = function(req) return req._cx[CONN].remote_address end,
-  remote_port = function(req) return req._cx[CONN].remote_port end,
+  version = function(req) return req[R_MINOR] == 1 and "1.1" or "1.0" end,
+  remote_address = function(req) return req[R_CX][CONN].remote_address end,
+  remote_port = function(req) return req[R_CX][CONN].remote_port end,
   query = function(req)
     local target = req.target
     local q = find(target, "?", 1, true)
@@ -355,8 +363,8 @@ function Req.__index(req, k)
     return v
   end
   if k == "headers" then -- made on first use from the head's bytes
-    local h, st, msg = C.headers(rawget(req, "_buf"), rawget(req, "_hpos"),
-                                 req._cx[CFG].max_headers)
+    local h, st, msg = C.headers(req[R_BUF], req[R_HPOS],
+                                 req[R_CX][CFG].max_headers)
     if not h then error(("malformed header (%d %s)"):format(st, msg), 2) end
     rawset(req, "headers", h)
     return h
@@ -384,9 +392,9 @@ end
 local function send_continue(req)
   req._continue = false
   local res = req._res
-  if res._sent then return end
-  local ok = req._cx[CONN]:write("HTTP/1.1 100 Continue\r\n\r\n")
-  if not ok then req._cx[BROKEN] = true end
+  if res[S_SENT] then return end
+  local ok = req[R_CX][CONN]:write("HTTP/1.1 100 Continue\r\n\r\n")
+  if not ok then req[R_CX][BROKEN] = true end
 end
 
 -- body states
@@ -394,13 +402,13 @@ local B_DONE, B_LENGTH, B_SIZE, B_DATA, B_CRLF, B_TRAILER = 0, 1, 2, 3, 4, 5
 
 local function body_fail(req, status, msg, code)
   req._err = status
-  req._state = B_DONE
-  req._cx[KEEP] = false
+  req[R_STATE] = B_DONE
+  req[R_CX][KEEP] = false
   return nil, msg, code
 end
 
 local function body_fill(req)
-  local cx = req._cx
+  local cx = req[R_CX]
   local ok, e, code = fill(cx, cx[CFG].body_timeout)
   if ok then return true end
   cx[BROKEN] = true
@@ -417,10 +425,10 @@ function req_methods.read(req, n)
   elseif type(n) ~= "number" or n < 1 or n ~= floor(n) then
     argerror(1, "read", "count must be a positive integer, got " .. describe(n))
   end
-  local cx = req._cx
+  local cx = req[R_CX]
   if req._continue then send_continue(req) end
   while true do
-    local st = req._state
+    local st = req[R_STATE]
     if st == B_DONE then
       if req._err then return nil, req._errmsg, req._errcode end
       return nil
@@ -437,10 +445,10 @@ function req_methods.read(req, n)
         req._left = left
         if left == 0 then
           if st == B_LENGTH then
-            req._state = B_DONE
+            req[R_STATE] = B_DONE
             if cx[ST] == RUN then cx[ST] = WATCH end -- the body is in: the end of the stream means gone
           else
-            req._state = B_CRLF
+            req[R_STATE] = B_CRLF
           end
         end
         return d
@@ -458,8 +466,8 @@ function req_methods.read(req, n)
           req._errmsg, req._errcode = e, code
           return body_fail(req, 413, e, code)
         end
-        if size == 0 then req._state = B_TRAILER
-        else req._left, req._state = size, B_DATA end
+        if size == 0 then req[R_STATE] = B_TRAILER
+        else req._left, req[R_STATE] = size, B_DATA end
       elseif size == nil then
         cx[BROKEN] = true
         local e, code = "malformed chunked body", "EPROTO"
@@ -478,7 +486,7 @@ function req_methods.read(req, n)
           return body_fail(req, 400, e, code)
         end
         cx[POS] = cx[POS] + 2
-        req._state = B_SIZE
+        req[R_STATE] = B_SIZE
       else
         local ok, e, code = body_fill(req)
         if not ok then req._errmsg, req._errcode = e, code; return nil, e, code end
@@ -490,7 +498,7 @@ function req_methods.read(req, n)
       if t then
         cx[POS] = nxt
         req.trailers = t
-        req._state = B_DONE
+        req[R_STATE] = B_DONE
         if cx[ST] == RUN then cx[ST] = WATCH end
       elseif t == nil then
         cx[BROKEN] = true
@@ -513,7 +521,7 @@ function req_methods.body(req, max)
     argerror(1, "body", "max must be a non-negative number, got " .. describe(max))
   end
   if req._body then return req._body end
-  max = max or req._cx[CFG].max_body_size
+  max = max or req[R_CX][CFG].max_body_size
   local parts, n, size = {}, 0, 0
   while true do
     local d, e, code = req_methods.read(req)
@@ -523,7 +531,7 @@ function req_methods.body(req, max)
     end
     size = size + #d
     if size > max then
-      req._cx[KEEP] = false
+      req[R_CX][KEEP] = false
       return nil, "request body too large", "E2BIG"
     end
     n = n + 1
@@ -537,11 +545,11 @@ end
 -- Consumes what is left of the body if it is already buffered (no
 -- waiting); true when the body is complete.
 local function skip_buffered(req)
-  local st, cx = req._state, req._cx
+  local st, cx = req[R_STATE], req[R_CX]
   if st == B_DONE then return not rawget(req, "_err") end
   if st == B_LENGTH and avail(cx) >= req._left then
     cx[POS] = cx[POS] + req._left
-    req._state = B_DONE
+    req[R_STATE] = B_DONE
     return true
   end
   return false
@@ -566,7 +574,7 @@ function Res.set_status(res, code)
     argerror(1, "set_status", "status must be an integer from 200 to 999, got " ..
       describe(code))
   end
-  if res._sent then error("response headers already sent", 2) end
+  if res[S_SENT] then error("response headers already sent", 2) end
   res.status = code
   return res
 end
@@ -594,7 +602,7 @@ local function set_header(res, name, value, fname, level)
     argerror(2, fname, "header value must be a string without CR, LF or NUL, got " ..
       describe(value), level)
   end
-  if res._sent then error("response headers already sent", level) end
+  if res[S_SENT] then error("response headers already sent", level) end
   add_header(res, name, value)
 end
 
@@ -606,7 +614,7 @@ function Res.set_header(res, name, value)
     if not is_token(name) then
       argerror(1, "set_header", "header name must be a token, got " .. describe(name))
     end
-    if res._sent then error("response headers already sent", 2) end
+    if res[S_SENT] then error("response headers already sent", 2) end
     local h = res._h
     local i = h and h[lower(name)]
     if i then h[i], h[i + 1] = false, false; h[lower(name)] = nil end
@@ -621,10 +629,10 @@ local function no_body_status(s) return s < 200 or s == 204 or s == 304 end
 -- Writes the head; length: the body's length, or nil (streamed).
 -- Returns true or nil, msg, code.
 local function send_head(res, length, body)
-  local cx, req = res._cx, res._req
+  local cx, req = res[S_CX], res[S_REQ]
   local status = res.status
-  res._sent = true
-  if req._state ~= B_DONE and not skip_buffered(req) then
+  res[S_SENT] = true
+  if req[R_STATE] ~= B_DONE and not skip_buffered(req) then
     cx[KEEP] = false -- the unread body would be taken for the next request
   end
   local h = res._h
@@ -664,7 +672,7 @@ local function send_head(res, length, body)
     if length then
       parts[n + 1] = "Content-Length: " .. length .. "\r\n"; n = n + 1
       res._length = length
-    elseif req.minor == 1 then
+    elseif req[R_MINOR] == 1 then
       parts[n + 1] = "Transfer-Encoding: chunked\r\n"; n = n + 1
       res._chunked = true
     else
@@ -672,7 +680,7 @@ local function send_head(res, length, body)
     end
   end
   if not cx[KEEP] then parts[n + 1] = "Connection: close\r\n"; n = n + 1
-  elseif req.minor == 0 then parts[n + 1] = "Connection: keep-alive\r\n"; n = n + 1 end
+  elseif req[R_MINOR] == 0 then parts[n + 1] = "Connection: keep-alive\r\n"; n = n + 1 end
   parts[n + 1] = "\r\n"
   parts[2] = user_date and "" or date_header()
   local ok, e, code
@@ -693,9 +701,9 @@ function Res.write(res, chunk)
   if type(chunk) ~= "string" then
     argerror(1, "write", "string expected, got " .. type(chunk))
   end
-  if res._done then error("response already finished", 2) end
-  local cx = res._cx
-  if not res._sent then
+  if res[S_DONE] then error("response already finished", 2) end
+  local cx = res[S_CX]
+  if not res[S_SENT] then
     local ok, e, code = send_head(res, nil)
     if not ok then return nil, e, code end
   end
@@ -724,15 +732,15 @@ function Res.finish(res, body)
   if body ~= nil and type(body) ~= "string" then
     argerror(1, "finish", "string expected, got " .. type(body))
   end
-  if res._done then error("response already finished", 2) end
-  local cx = res._cx
-  if not res._sent then
-    res._done = true
+  if res[S_DONE] then error("response already finished", 2) end
+  local cx = res[S_CX]
+  if not res[S_SENT] then
+    res[S_DONE] = true
     return send_head(res, body and #body or 0, body)
   end
   local ok, e, code = true, nil, nil
   if body and body ~= "" then ok, e, code = Res.write(res, body) end
-  res._done = true
+  res[S_DONE] = true
   if ok and res._chunked and not res._nobody and not cx[BROKEN] then
     ok, e, code = cx[CONN]:write("0\r\n\r\n")
     if not ok then cx[BROKEN] = true end
@@ -759,13 +767,13 @@ local function respond_error(res, status)
   res._h = nil
   local body = (REASONS[status] or "Error") .. "\n"
   set_header(res, "Content-Type", "text/plain", "finish", 3)
-  res._done = true
+  res[S_DONE] = true
   return send_head(res, #body, body)
 end
 
 -- The headers a handler returned, checked and given to res for
 -- send_head: true, or nil after answering 500. (The common case, a head
--- made in one string by simple_head, does not come here.)
+-- made in one string by returned_head, does not come here.)
 local function returned_headers(cx, req, res, c)
   if type(c) ~= "table" then
     log_error(cx, req, "handler returned headers that are not a table")
@@ -784,10 +792,42 @@ local function returned_headers(cx, req, res, c)
   return true
 end
 
+-- The head of a returned answer in one string (with the body when it is
+-- at most 4 KiB), made in HEAD_BUF through the FFI (calls that do not
+-- end the JIT's trace); nil when a header is one the server frames, a
+-- number or invalid, or the head does not fit: then the general path
+-- decides.
+local HEAD_SIZE = 8192
+local HEAD_BUF = ffi.new("char[?]", HEAD_SIZE)
+local TAIL_KEEP, TAIL_KEEP10, TAIL_CLOSE = 0, 1, 2
+local head_start = ffi.cast("double (*)(char *, double, const char *, double)",
+                            C.head_start_ffi)
+local head_field = ffi.cast(
+  "double (*)(char *, double, double, const char *, double, const char *, double)",
+  C.head_field_ffi)
+local head_end = ffi.cast(
+  "double (*)(char *, double, double, double, int, const char *, double)", C.head_end_ffi)
+local function returned_head(sl, c, b, tail)
+  local buf = HEAD_BUF
+  local n = head_start(buf, HEAD_SIZE, sl, #sl)
+  if c ~= nil then
+    if type(c) ~= "table" then return nil end
+    for k, v in next, c do
+      if type(k) ~= "string" or type(v) ~= "string" then return nil end
+      n = head_field(buf, HEAD_SIZE, n, k, #k, v, #v)
+      if n < 0 then return nil end
+    end
+  end
+  local bl = #b
+  n = head_end(buf, HEAD_SIZE, n, bl, tail, b, bl <= 4096 and bl or -1)
+  if n < 0 then return nil end
+  return ffi.string(buf, n)
+end
+
 -- Runs one request; returns true to go on with the connection.
 local function run_request(cx, req, res)
   local handler = cx[CFG].handler
-  cx[ST] = (req._state == B_DONE or (req._state == B_LENGTH and avail(cx) >= req._left))
+  cx[ST] = (req[R_STATE] == B_DONE or (req[R_STATE] == B_LENGTH and avail(cx) >= req._left))
           and WATCH or RUN
   local ok, a, b, c = xpcall(handler, handler_error, req, res)
   cx[ST] = false
@@ -795,18 +835,18 @@ local function run_request(cx, req, res)
   if not ok then
     if getmetatable(a) == nil or type(a) == "string" then log_error(cx, req, a)
     else log_error(cx, req, tostring(a)) end
-    if res._sent then cx[KEEP] = false; return false end
-    res._done = false
+    if res[S_SENT] then cx[KEEP] = false; return false end
+    res[S_DONE] = false
     respond_error(res, req._err or 500)
     return cx[KEEP] and not cx[BROKEN]
   end
   -- (rawget: a field a request has only after a failed body; a miss
   -- through Req.__index would cost a call per request)
   local err = rawget(req, "_err")
-  if not res._done then
-    if err and not res._sent then
+  if not res[S_DONE] then
+    if err and not res[S_SENT] then
       respond_error(res, err)
-    elseif res._sent then
+    elseif res[S_SENT] then
       Res.finish(res)
     elseif type(a) == "number" then
       if a ~= floor(a) or a < 200 or a > 999 then
@@ -816,22 +856,21 @@ local function run_request(cx, req, res)
         if b ~= nil and type(b) ~= "string" then b = tostring(b) end
         -- simple: the head is made here, in one string
         local simple = not res._h and not err and b and not no_body_status(a) and
-                       req.method ~= "HEAD" and (req._state == B_DONE or skip_buffered(req))
+                       req.method ~= "HEAD" and (req[R_STATE] == B_DONE or skip_buffered(req))
         local head
-        if simple then -- (false: a header the server frames, or one to reject)
-          head = simple_head(status_lines[a], date_header(), c, #b, cx[KEEP] and
-            (req.minor == 1 and "\r\n\r\n" or "\r\nConnection: keep-alive\r\n\r\n")
-            or "\r\nConnection: close\r\n\r\n", #b <= 4096 and b or nil)
+        if simple then -- (nil: a header the server frames, or one to reject)
+          head = returned_head(status_lines[a], c, b,
+            cx[KEEP] and (req[R_MINOR] == 1 and TAIL_KEEP or TAIL_KEEP10) or TAIL_CLOSE)
         end
         if not head and c ~= nil then
           if not returned_headers(cx, req, res, c) then return cx[KEEP] and not cx[BROKEN] end
         end
-        res._done = true
+        res[S_DONE] = true
         if head then
           local ok2
           if #b <= 4096 then ok2 = cx[CONN]:write(head)
           else ok2 = cx[CONN]:write(head, b) end
-          res._sent = true
+          res[S_SENT] = true
           if not ok2 then cx[BROKEN] = true end
         else
           res.status = a
@@ -842,8 +881,27 @@ local function run_request(cx, req, res)
       Res.finish(res)
     end
   end
-  if req._state ~= B_DONE and not skip_buffered(req) then cx[KEEP] = false end
+  if req[R_STATE] ~= B_DONE and not skip_buffered(req) then cx[KEEP] = false end
   return cx[KEEP] and not cx[BROKEN]
+end
+
+-- The head at cx[POS]: parse_request's lazy results (method, target,
+-- minor, the position of the field lines, next, body, length, flags),
+-- false (incomplete) or nil, status, message. Through the FFI, so that
+-- the call does not end the JIT's trace (the results are read from
+-- PREQ before anything else can parse).
+local function parse_head(cx, cfg)
+  local buf = cx[BUF]
+  local r = parse_ffi(buf, #buf, cx[POS], cfg.max_request_line, cfg.max_header_size,
+                      cfg.max_headers, PREQ)
+  local p = PREQ
+  if r == 1 then
+    return sub(buf, p.m_from, p.m_to), sub(buf, p.t_from, p.t_to), p.minor, p.hpos,
+           p.next, p.body, p.length, p.flags
+  elseif r == 0 then
+    return false
+  end
+  return nil, p.status, ffi.string(p.msg)
 end
 
 -- The rest of a head that came in part: reads until it is complete,
@@ -860,9 +918,7 @@ local function read_head_slow(srv, cx)
       cx[BROKEN] = true
       return close_conn(cx)
     end
-    local method, target, minor, headers, nxt, body, length, flags =
-      parse_request(cx[BUF], cx[POS], cfg.max_request_line, cfg.max_header_size,
-                    cfg.max_headers, true)
+    local method, target, minor, headers, nxt, body, length, flags = parse_head(cx, cfg)
     if method then return method, target, minor, headers, nxt, body, length, flags end
     if method == nil then return reject(cx, target, minor) end
   end
@@ -874,9 +930,7 @@ end
 -- compiles it.)
 local function read_head(srv, cx)
   local cfg = cx[CFG]
-  local method, target, minor, headers, nxt, body, length, flags =
-    parse_request(cx[BUF], cx[POS], cfg.max_request_line, cfg.max_header_size,
-                  cfg.max_headers, true)
+  local method, target, minor, headers, nxt, body, length, flags = parse_head(cx, cfg)
   if method then return method, target, minor, headers, nxt, body, length, flags end
   if method == nil then return reject(cx, target, minor) end
   return read_head_slow(srv, cx)
@@ -900,17 +954,22 @@ local function new_exchange(srv, cx, nreq, method, target, minor, headers, nxt,
                                      cfg.max_header_size, cfg.max_headers)
     if not okc then return reject(cx, st, msg) end
   end
-  -- (a small table: what the handler may not need is made by Req.__index)
-  local req = setmetatable({method = method, target = target, minor = minor,
-    _cx = cx, _buf = cx[BUF], _hpos = headers, _res = false,
-    _state = body == BODY_LENGTH and B_LENGTH or body == BODY_CHUNKED and B_SIZE or
-             B_DONE}, Req)
+  -- (a small table: what the handler may not need is made by Req.__index.
+  -- Every field of a constructor has a constant value, then the stores:
+  -- the embedded bytecode's template keeps only the keys whose value is
+  -- a constant, and each key stored beyond them would grow the table
+  -- through a rehash.)
+  local req = setmetatable({false, false, 0, 0, 0, method = false, target = false}, Req)
+  req[R_CX], req[R_BUF], req[R_HPOS], req[R_MINOR] = cx, cx[BUF], headers, minor
+  req.method, req.target = method, target
+  local res = setmetatable({false, false, false, false}, Res)
+  res[S_CX], res[S_REQ] = cx, req
   if body ~= BODY_NONE then
+    req[R_STATE] = body == BODY_LENGTH and B_LENGTH or B_SIZE
     req._left, req._total = length, 0
     req._continue = band(flags, F_CONTINUE) ~= 0
+    req._res = res
   end
-  local res = setmetatable({_cx = cx, _req = req, _sent = false, _done = false}, Res)
-  req._res = res
   return req, res
 end
 
@@ -1223,11 +1282,13 @@ local function exchange(scheme, host, port, target, method, headers, body,
       copts.tls = type(tls) == "table" and tls or true
       local conn, e, code = net.connect(copts)
       if not conn then return nil, e, code end
-      cx = {conn = conn, buf = "", pos = 1, rt = nil}
+      cx = {conn = false, buf = "", pos = 1, rt = nil}
+      cx.conn = conn
     else
       local conn, e, code = net.connect(copts)
       if not conn then return nil, e, code end
-      cx = {conn = conn, buf = "", pos = 1, rt = nil}
+      cx = {conn = false, buf = "", pos = 1, rt = nil}
+      cx.conn = conn
     end
   end
   cx.got = false
@@ -1321,8 +1382,13 @@ local function exchange(scheme, host, port, target, method, headers, body,
   else
     conn:close()
   end
-  return {status = status, reason = reason, version = minor == 1 and "1.1" or "1.0",
-          headers = rh, body = rbody}
+  -- (constants in the constructor, then the stores: see new_exchange;
+  -- url is set by http.request)
+  local r = {status = 0, reason = false, version = false, headers = false,
+             body = false, url = false}
+  r.status, r.reason, r.version, r.headers, r.body =
+    status, reason, minor == 1 and "1.1" or "1.0", rh, rbody
+  return r
 end
 
 -- http.request{method=, url=, headers=, body=, timeout=, follow=, tls=,

@@ -17,6 +17,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include <lualib.h>
 
@@ -272,6 +273,42 @@ static const char SAME_LAZY[] =
     "for k, v in pairs(h) do if e[4][k] ~= v then return false, k end end\n"
     "return true\n";
 
+/* The FFI entry (parse_ffi) gives what parse_request's lazy form gives:
+ * the same results, the same incomplete, the same status and message. */
+static const char SAME_FFI[] =
+    "local H, b, pos, ml, mh, mf = ...\n"
+    "local ffi = require 'ffi'\n"
+    "if not FFI_PARSE then\n"
+    "  FFI_RES = ffi.new(H.parse_ffi_result)\n"
+    "  FFI_PARSE = ffi.cast(ffi.typeof('int (*)(const char *, double, double, double, '\n"
+    "    .. 'double, double, $ *)', ffi.typeof(FFI_RES)), H.parse_ffi)\n"
+    "end\n"
+    "local p = FFI_RES\n"
+    "local r = FFI_PARSE(b, #b, pos, ml, mh, mf, p)\n"
+    "local l = {H.parse_request(b, pos, ml, mh, mf, true)}\n"
+    "if r == 0 then return l[1] == false, 'incomplete' end\n"
+    "if r == -1 then\n"
+    "  return l[1] == nil and l[2] == p.status and l[3] == ffi.string(p.msg), 'error'\n"
+    "end\n"
+    "if r ~= 1 then return false, 'result ' .. r end\n"
+    "local f = {b:sub(p.m_from, p.m_to), b:sub(p.t_from, p.t_to), p.minor, p.hpos,\n"
+    "           p.next, p.body, p.length, p.flags}\n"
+    "for i = 1, 8 do if f[i] ~= l[i] then return false, 'slot ' .. i end end\n"
+    "return true\n";
+
+static void same_ffi(const char *buf, size_t len, long pos, const double *lim) {
+  int base = lua_gettop(L), i;
+  ck_assert_int_eq(luaL_loadbuffer(L, SAME_FFI, sizeof SAME_FFI - 1, "same_ffi"), 0);
+  lua_pushvalue(L, mod);
+  lua_pushlstring(L, buf, len);
+  lua_pushinteger(L, pos);
+  for (i = 0; i < 3; i++) lua_pushnumber(L, lim[i]);
+  ck_assert_msg(lua_pcall(L, 6, 2, 0) == 0, "%s", lua_tostring(L, -1));
+  ck_assert_msg(lua_toboolean(L, base + 1), "parse_ffi differs (%s) on %.*s",
+                lua_tostring(L, base + 2), (int)len, buf);
+  lua_settop(L, base);
+}
+
 START_TEST(test_fuzz) {
   static const double rlim[] = {8192, 16384, 100}, slim[] = {65536, 100},
                       clim[] = {1048576, 16384, 100};
@@ -283,6 +320,12 @@ START_TEST(test_fuzz) {
     int base, n;
     n = call("parse_request", buf, len, 1, rlim, 3, &base);
     check_shape("parse_request", base, n, len);
+    {
+      static const double small[] = {64, 128, 4};
+      same_ffi(buf, len, 1, rlim);
+      same_ffi(buf, len, pos, rlim);
+      same_ffi(buf, len, 1, small);
+    }
     if (lua_isstring(L, base + 1) && !lua_isnumber(L, base + 1)) {
       /* accepted: every proper prefix of the head is incomplete */
       size_t end = (size_t)lua_tointeger(L, base + 5) - 1, k;
@@ -355,62 +398,88 @@ START_TEST(test_lazy_headers) {
 }
 END_TEST
 
-START_TEST(test_simple_head) {
-  int base, n;
-  n = run_lua("local H = ... return H.simple_head('HTTP/1.1 200 OK\\r\\n', 'Date: D\\r\\n', "
-              "{['Content-Type'] = 'text/plain'}, 11, '\\r\\n\\r\\n', 'hello world')",
-              "", 0, &base);
-  ck_assert_int_eq(n, 1);
-  ck_assert_str_eq(lua_tostring(L, base + 1),
-                   "HTTP/1.1 200 OK\r\nDate: D\r\nContent-Type: text/plain\r\n"
-                   "Content-Length: 11\r\n\r\nhello world");
+/* The FFI functions of the response head (modules/http.c), called here
+ * as the C functions they are. */
+double tide__http_head_start(char *out, double cap, const char *st, double sl);
+double tide__http_head_field(char *out, double cap, double at, const char *n, double nl,
+                             const char *v, double vl);
+double tide__http_head_end(char *out, double cap, double at, double length, int tail,
+                           const char *body, double bl);
+
+/* the date line as date_line() gives it: "Date: " IMF-fixdate CR LF */
+static int date_shaped(const char *d, size_t n) {
+  static const char *const days[] = {"Sun", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat"};
+  static const char *const months[] = {"Jan", "Feb", "Mar", "Apr", "May", "Jun",
+                                       "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"};
+  char want[64];
+  time_t t = time(NULL), k;
+  for (k = t - 2; k <= t; k++) { /* (the second may have changed since) */
+    struct tm tm;
+    gmtime_r(&k, &tm);
+    snprintf(want, sizeof want, "Date: %s, %02d %s %04d %02d:%02d:%02d GMT\r\n",
+             days[tm.tm_wday], tm.tm_mday, months[tm.tm_mon], tm.tm_year + 1900,
+             tm.tm_hour, tm.tm_min, tm.tm_sec);
+    if (strlen(want) == n && memcmp(want, d, n) == 0) return 1;
+  }
+  return 0;
+}
+
+START_TEST(test_date_line) {
+  int base, n = run_lua("local H = ... return H.date_line(), H.date_line()", "", 0, &base);
+  size_t len;
+  const char *d = lua_tolstring(L, base + 1, &len);
+  ck_assert_int_eq(n, 2);
+  ck_assert_msg(date_shaped(d, len), "date line %s", d);
   lua_settop(L, base);
-  /* no headers, no body; lengths of several digits */
-  n = run_lua("local H = ... return H.simple_head('S\\r\\n', '', nil, 0, '\\r\\n\\r\\n'), "
-              "H.simple_head('S\\r\\n', '', {}, 1234567890, '\\r\\nConnection: close\\r\\n\\r\\n')",
-              "", 0, &base);
-  ck_assert_str_eq(lua_tostring(L, base + 1), "S\r\nContent-Length: 0\r\n\r\n");
-  ck_assert_str_eq(lua_tostring(L, base + 2),
-                   "S\r\nContent-Length: 1234567890\r\nConnection: close\r\n\r\n");
-  lua_settop(L, base);
-  /* headers the server frames itself, in any case, and number values: false */
-  n = run_lua("local H = ... local r = {} "
-              "for i, h in ipairs{{['content-LENGTH'] = '3'}, {Date = 'x'}, {connection = 'close'}, "
-              "{['Transfer-Encoding'] = 'chunked'}, {['X-N'] = 5}} do "
-              "r[i] = H.simple_head('S\\r\\n', '', h, 1, '\\r\\n\\r\\n') end "
-              "return r[1], r[2], r[3], r[4], r[5]", "", 0, &base);
-  ck_assert_int_eq(n, 5);
-  for (n = 1; n <= 5; n++)
-    ck_assert_msg(lua_isboolean(L, base + n) && !lua_toboolean(L, base + n), "case %d", n);
-  lua_settop(L, base);
-  /* invalid names and values: nil and the key */
-  n = run_lua("local H = ... "
-              "local a1, a2 = H.simple_head('S', '', {['Bad Name'] = 'x'}, 1, '') "
-              "local b1, b2 = H.simple_head('S', '', {X = 'a\\r\\nb'}, 1, '') "
-              "local c1, c2 = H.simple_head('S', '', {X = 'a\\0b'}, 1, '') "
-              "local d1, d2 = H.simple_head('S', '', {[1] = 'x'}, 1, '') "
-              "local e1, e2 = H.simple_head('S', '', {X = {}}, 1, '') "
-              "local f1, f2 = H.simple_head('S', '', 'headers', 1, '') "
-              "return a1 == nil and a2 == 'Bad Name', b1 == nil and b2 == 'X', "
-              "c1 == nil and c2 == 'X', d1 == nil and d2 == 1, e1 == nil and e2 == 'X', "
-              "f1 == nil and f2 == nil", "", 0, &base);
-  ck_assert_int_eq(n, 6);
-  for (n = 1; n <= 6; n++) ck_assert_msg(lua_toboolean(L, base + n), "case %d", n);
-  lua_settop(L, base);
-  /* a head larger than the stack buffer */
-  n = run_lua("local H = ... local v = ('v'):rep(5000) "
-              "local h = H.simple_head('S\\r\\n', '', {X = v}, 2, '\\r\\n\\r\\n', 'ok') "
-              "return h == 'S\\r\\nX: ' .. v .. '\\r\\nContent-Length: 2\\r\\n\\r\\nok'",
-              "", 0, &base);
-  ck_assert(lua_toboolean(L, base + 1));
-  lua_settop(L, base);
-  /* a length out of range is misuse */
-  base = lua_gettop(L);
-  ck_assert_int_eq(luaL_loadstring(L, "local H = ... return H.simple_head('S', '', nil, -1, '')"), 0);
-  lua_pushvalue(L, mod);
-  ck_assert_int_ne(lua_pcall(L, 1, 0, 0), 0);
-  ck_assert_ptr_nonnull(strstr(lua_tostring(L, -1), "length out of range"));
-  lua_settop(L, base);
+}
+END_TEST
+
+START_TEST(test_head_ffi) {
+  char out[256];
+  const char *sl = "HTTP/1.1 200 OK\r\n";
+  double n = tide__http_head_start(out, sizeof out, sl, (double)strlen(sl)), m, date_len;
+  char want[512];
+  ck_assert(n > (double)strlen(sl));
+  ck_assert_int_eq(memcmp(out, sl, strlen(sl)), 0);
+  date_len = n - (double)strlen(sl);
+  ck_assert(date_shaped(out + strlen(sl), (size_t)date_len));
+  n = tide__http_head_field(out, sizeof out, n, "Content-Type", 12, "text/plain", 10);
+  ck_assert(n > 0);
+  n = tide__http_head_end(out, sizeof out, n, 11, 0, "hello world", 11);
+  snprintf(want, sizeof want, "%s%.*sContent-Type: text/plain\r\nContent-Length: 11\r\n\r\n"
+           "hello world", sl, (int)date_len, out + strlen(sl));
+  ck_assert_int_eq((int)n, (int)strlen(want));
+  ck_assert_int_eq(memcmp(out, want, strlen(want)), 0);
+  /* the tails, a length of several digits, a body left out (bl < 0) */
+  m = tide__http_head_end(out, sizeof out, 0, 1234567890, 1, "x", -1);
+  ck_assert_int_eq((int)m, (int)strlen("Content-Length: 1234567890\r\nConnection: keep-alive\r\n\r\n"));
+  ck_assert_int_eq(memcmp(out, "Content-Length: 1234567890\r\nConnection: keep-alive\r\n\r\n",
+                          (size_t)m), 0);
+  m = tide__http_head_end(out, sizeof out, 0, 0, 2, "", 0);
+  ck_assert_int_eq((int)m, (int)strlen("Content-Length: 0\r\nConnection: close\r\n\r\n"));
+  ck_assert_int_eq(memcmp(out, "Content-Length: 0\r\nConnection: close\r\n\r\n", (size_t)m), 0);
+  /* headers the server frames itself, in any case: -1 */
+  ck_assert(tide__http_head_field(out, sizeof out, 0, "content-LENGTH", 14, "3", 1) == -1);
+  ck_assert(tide__http_head_field(out, sizeof out, 0, "Date", 4, "x", 1) == -1);
+  ck_assert(tide__http_head_field(out, sizeof out, 0, "CONNECTION", 10, "close", 5) == -1);
+  ck_assert(tide__http_head_field(out, sizeof out, 0, "Transfer-Encoding", 17, "chunked", 7) == -1);
+  /* what a handler may not send: -2 (also before a framed name's -1) */
+  ck_assert(tide__http_head_field(out, sizeof out, 0, "Bad Name", 8, "x", 1) == -2);
+  ck_assert(tide__http_head_field(out, sizeof out, 0, "", 0, "x", 1) == -2);
+  ck_assert(tide__http_head_field(out, sizeof out, 0, "X", 1, "a\r\nb", 4) == -2);
+  ck_assert(tide__http_head_field(out, sizeof out, 0, "X", 1, "a\0b", 3) == -2);
+  ck_assert(tide__http_head_field(out, sizeof out, 0, "Date", 4, "a\nb", 3) == -2);
+  /* what does not fit: -3, nothing written past cap */
+  memset(out, '#', sizeof out);
+  ck_assert(tide__http_head_start(out, 10, sl, (double)strlen(sl)) == -3);
+  ck_assert(tide__http_head_field(out, 20, 10, "X-Long", 6, "0123456789", 10) == -3);
+  ck_assert(tide__http_head_end(out, 30, 10, 5, 0, "hello", 5) == -3);
+  ck_assert(tide__http_head_end(out, sizeof out, 0, -1, 0, "", 0) == -3);
+  ck_assert(tide__http_head_end(out, sizeof out, 0, 1, 3, "x", 1) == -3);
+  ck_assert_int_eq(out[0], '#');
+  /* exactly full */
+  ck_assert(tide__http_head_field(out, 12, 0, "X-A", 3, "12345", 5) == 12);
+  ck_assert_int_eq(memcmp(out, "X-A: 12345\r\n", 12), 0);
 }
 END_TEST
 
@@ -426,7 +495,8 @@ static Suite *http_suite(void) {
   tcase_add_test(tc, test_response);
   tcase_add_test(tc, test_fuzz);
   tcase_add_test(tc, test_lazy_headers);
-  tcase_add_test(tc, test_simple_head);
+  tcase_add_test(tc, test_date_line);
+  tcase_add_test(tc, test_head_ffi);
   suite_add_tcase(s, tc);
   return s;
 }
