@@ -275,7 +275,10 @@ end
 -- A task is also the timer of its own waits (see the timers below): its
 -- slots 1-5 are {on_timer, slot, 1, delay, itself}. The constructor ends
 -- with constants, so LuaJIT makes every slot at once (see
--- spec/bytecode_spec.lua).
+-- spec/bytecode_spec.lua). Likewise, the embedded bytecode's template of
+-- a constructor keeps only the named fields whose value is a constant:
+-- the constructors made per call below give every field a constant and
+-- store the values after.
 local on_timer
 
 local function new_task(fn, co, state)
@@ -423,7 +426,11 @@ local function finish_results(t, ok, ...)
   if ok then
     t[ST] = "done"
     local n = select("#", ...)
-    if n > 0 then t.results = {n = n, ...} end
+    if n > 0 then
+      local r = {n = 0, ...} -- (a constant: see new_task)
+      r.n = n
+      t.results = r
+    end
     return
   end
   local e = ...
@@ -607,7 +614,11 @@ local function spawn(fn, ...)
   -- one argument goes straight to the runner's job(arg): no table, and no
   -- frame for unpacking it under the parked task
   if n == 1 then t[ARGS], t[4] = ONE, ... -- (t[4]: see resume_task)
-  elseif n > 0 then t[ARGS] = {n = n, ...} end
+  elseif n > 0 then
+    local args = {n = 0, ...}
+    args.n = n
+    t[ARGS] = args
+  end
   ntasks = ntasks + 1
   push_ready(t)
   return t
@@ -1138,7 +1149,11 @@ local function complete(req, ...)
     -- a table
     local n = select("#", ...)
     if n > 0 and n < 4 then wake(t, ...)
-    else wake(t, RESULTS, {n = n, ...}) end
+    else
+      local r = {n = 0, ...}
+      r.n = n
+      wake(t, RESULTS, r)
+    end
   end
 end
 
@@ -1320,7 +1335,8 @@ function tide.timeout(s, fn, ...)
   s = check_seconds(s, 1, "timeout")
   check_function(fn, 2, "timeout")
   local t = current_task("timeout")
-  local scope = {task = t, token = {}, active = true}
+  local scope = {task = false, token = false, active = true, timer = false}
+  scope.task, scope.token = t, {}
   scope.timer = new_timer(timeout_fire, scope)
   arm(scope.timer, s)
   return timeout_result(scope, pcall(fn, ...))
@@ -1410,7 +1426,8 @@ end
 function cancel(t, reason, token)
   local st = t[ST]
   if finished[st] then return false end
-  local e = setmetatable({task = t, reason = reason, token = token}, Cancelled)
+  local e = setmetatable({task = false, reason = false, token = false}, Cancelled)
+  e.task, e.reason, e.token = t, reason, token
   if st == "waiting" then
     t.cancel_err = e
     abandon(t)
@@ -1468,9 +1485,10 @@ function tide.channel(capacity)
   if type(capacity) ~= "number" or capacity < 0 or capacity % 1 ~= 0 then
     argerror(1, "channel", "capacity must be a non-negative integer")
   end
-  return setmetatable({cap = capacity, n = 0, bh = 1, buf = {},
-                       recvq = new_queue(), sendq = new_queue(),
-                       closed = false}, Channel)
+  local ch = setmetatable({cap = 0, n = 0, bh = 1, buf = false, recvq = false,
+                           sendq = false, closed = false}, Channel)
+  ch.cap, ch.buf, ch.recvq, ch.sendq = capacity, {}, new_queue(), new_queue()
+  return ch
 end
 
 local check_channel = self_checker(Channel, "channel")
@@ -1546,7 +1564,9 @@ function tide.semaphore(n)
   if type(n) ~= "number" or n < 0 or n % 1 ~= 0 then
     argerror(1, "semaphore", "count must be a non-negative integer")
   end
-  return setmetatable({count = n, q = new_queue()}, Semaphore)
+  local sem = setmetatable({count = 0, q = false}, Semaphore)
+  sem.count, sem.q = n, new_queue()
+  return sem
 end
 
 local check_sem = self_checker(Semaphore, "semaphore")
@@ -1574,7 +1594,9 @@ local Cond = {}
 Cond.__index = Cond
 
 function tide.cond()
-  return setmetatable({q = new_queue()}, Cond)
+  local c = setmetatable({q = false}, Cond)
+  c.q = new_queue()
+  return c
 end
 
 local check_cond = self_checker(Cond, "condition")
