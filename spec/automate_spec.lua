@@ -26,8 +26,8 @@ local function start(conf_text, conf_name)
   assert(fs.write_file(conf, conf_text))
   local env = process.environ()
   env.TIDE_LOG_FORMAT = "json"
-  local child = assert(process.spawn{S.TIDE, "examples/automate.lua", conf,
-                                     env = env, stderr = "pipe", stdout = "null"})
+  local child = S.reap(assert(process.spawn{S.TIDE, "examples/automate.lua", conf,
+                                             env = env, stderr = "pipe", stdout = "null"}))
   local lines = tide.channel(1000)
   local raw = {}
   tide.spawn(function()
@@ -59,6 +59,7 @@ local function start(conf_text, conf_name)
 end
 
 describe("examples/automate.lua", function()
+  after_each(S.reap_all)
   local dog, server, reports, ex
   before_each(function()
     dog = S.watchdog("automate_spec")

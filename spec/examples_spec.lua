@@ -12,8 +12,8 @@ local process = require "tide.process"
 -- Starts `tide examples/<name> <args...>`; returns the child and its
 -- first line of output.
 local function start(name, ...)
-  local child = assert(process.spawn{S.TIDE, "examples/" .. name, ...,
-                                     stdout = "pipe", stderr = "pipe"})
+  local child = S.reap(assert(process.spawn{S.TIDE, "examples/" .. name, ...,
+                                             stdout = "pipe", stderr = "pipe"}))
   child.stdout:set_timeout(10)
   local line, err = child.stdout:read_line()
   assert(line, ("%s printed nothing: %s"):format(name, tostring(err)))
@@ -24,6 +24,7 @@ describe("examples", function()
   local dog
   setup(function() dog = S.watchdog("examples_spec") end)
   teardown(function() dog:close() end)
+  after_each(S.reap_all)
 
   it("hello.lua (make run) serves its routes and stops gracefully on SIGTERM", function()
     local child, line = start("hello.lua", "0")

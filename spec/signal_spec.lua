@@ -26,7 +26,7 @@ end
 local function child_tide(code)
   local path = os.tmpname()
   S.write_file(path, code)
-  local ch = assert(process.spawn{S.TIDE, path, stdout = "pipe"})
+  local ch = S.reap(assert(process.spawn{S.TIDE, path, stdout = "pipe"}))
   local line = ch.stdout:read_line()
   os.remove(path)
   return ch, line
@@ -44,6 +44,7 @@ end
 
 describe("tide.signal", function()
   teardown(function() watchdog:stop() end)
+  after_each(S.reap_all)
 
   describe("on", function()
     it("runs the handler as a task in the poll phase", function()
@@ -282,8 +283,8 @@ describe("tide.signal", function()
     end)
 
     it("works in examples/graceful.lua", function()
-      local ch = assert(process.spawn{S.TIDE, "examples/graceful.lua", "0",
-                                      stderr = "pipe"})
+      local ch = S.reap(assert(process.spawn{S.TIDE, "examples/graceful.lua", "0",
+                                              stderr = "pipe"}))
       local port = tonumber(ch.stderr:read_line():match(":(%d+)$"))
       local c = assert(net.connect{host = "127.0.0.1", port = port, timeout = 5})
       c:set_timeout(10)

@@ -62,6 +62,21 @@ function S.run_child(code)
   return out, err, rc, elapsed
 end
 
+-- Children to kill when the test ends (`after_each(S.reap_all)`), if they
+-- still run, so that a failing test leaves no server behind. S.reap
+-- returns child.
+local reaped = {}
+function S.reap(child)
+  reaped[#reaped + 1] = child
+  return child
+end
+function S.reap_all()
+  for i = #reaped, 1, -1 do
+    if reaped[i]:running() then reaped[i]:kill("KILL") end
+    reaped[i] = nil
+  end
+end
+
 -- If a test waits for something that never comes and nothing else keeps
 -- the loop alive, tide would end the run quietly with status 0 and the
 -- missing tests unreported. This timer keeps the loop alive and fails the
