@@ -1,97 +1,27 @@
--- spec/http_spec.lua - tide.http, the HTTP/1.1 server and client
--- (API.md, "HTTP"; docs/http.md): requests and responses, keep-alive,
--- pipelining, chunked bodies both ways, streaming with backpressure,
--- 100-continue, HEAD / 204 / 304, Connection: close, HTTP/1.0, handler
--- errors, a client going away mid-request, the limits and timeouts, and
--- the client (pooling, bodies, redirects, timeouts, failures). Real peers:
--- curl against the server, the client against python3's http.server.
+-- spec/http_server_spec.lua - tide.http's server (API.md, "HTTP";
+-- docs/http.md): requests and responses, keep-alive, pipelining, chunked
+-- bodies both ways, streaming with backpressure, 100-continue, HEAD / 204
+-- / 304, Connection: close, HTTP/1.0, handler errors, a client going away
+-- mid-request, the limits and timeouts, https; curl as a client. The
+-- hostile requests (smuggling, malformed heads) are in
+-- spec/http_hostile_spec.lua, the client in spec/http_client_spec.lua.
 --
 -- Loopback only. Every wait is bounded (timeouts on sockets and joins);
 -- synchronisation is on events (a response, a closed connection, a
 -- channel), never on sleeping long enough. Timeouts under test are small.
 
 local S = require "spec.support"
+local H = require "spec.http_support"
 local http = require "tide.http"
 local net = require "tide.net"
-local process = require "tide.process"
+local req, serve, url, connect, read_response, closed, curl =
+  H.req, H.serve, H.url, H.connect, H.read_response, H.closed, H.curl
 
-local watchdog = S.watchdog("http_spec.lua")
+local watchdog = S.watchdog("http_server_spec.lua")
 
-local CRLF = "\r\n"
-local function req(lines) return table.concat(lines, CRLF) .. CRLF .. CRLF end
-
-local servers = {}
-local function serve(handler, opts)
-  opts = opts or {}
-  opts.host, opts.port, opts.handler = "127.0.0.1", 0, handler
-  local s = assert(http.serve(opts))
-  servers[#servers + 1] = s
-  return s
-end
-
-local function url(s, path) return ("http://127.0.0.1:%d%s"):format(s.port, path or "/") end
-
-local function connect(port)
-  local c = assert(net.connect{host = "127.0.0.1", port = port, timeout = 5})
-  c:set_timeout(5)
-  return c
-end
-
--- Reads one response from raw connection c: status, headers (lower
--- case), body; nil at the end of the stream.
-local function read_response(c, head_only)
-  local line = c:read_line()
-  if not line then return nil end
-  local status = tonumber(line:match("^HTTP/1%.[01] (%d%d%d)"))
-  local h = {}
-  while true do
-    local l = assert(c:read_line())
-    if l == "" then break end
-    local k, v = l:match("^([^:]+):%s*(.-)%s*$")
-    h[k:lower()] = v
-  end
-  if head_only then return status, h, "" end
-  local body = ""
-  if h["content-length"] then
-    body = assert(c:read_exactly(tonumber(h["content-length"])))
-  elseif h["transfer-encoding"] == "chunked" then
-    local parts = {}
-    while true do
-      local n = tonumber(assert(c:read_line()), 16)
-      if n == 0 then assert(c:read_line()); break end
-      parts[#parts + 1] = c:read_exactly(n)
-      assert(c:read_line() == "")
-    end
-    body = table.concat(parts)
-  elseif status ~= 204 and status ~= 304 then
-    local parts = {}
-    while true do
-      local d = c:read()
-      if not d then break end
-      parts[#parts + 1] = d
-    end
-    body = table.concat(parts)
-  end
-  return status, h, body
-end
-
--- true when the server closed c (reads to the end, at most 5 s)
-local function closed(c)
-  while true do
-    local d, e = c:read()
-    if not d then return e == nil or e == "connection reset by peer" end
-  end
-end
-
-local function curl(...)
-  local r = assert(process.run{"curl", "-sS", "--max-time", "10", ...})
-  return r.stdout, r.stderr, r.code
-end
-
-describe("tide.http", function()
+describe("tide.http server", function()
   teardown(function()
-    for _, s in ipairs(servers) do s:close() end
-    http.close_idle()
+    H.close_all()
     watchdog:stop()
   end)
 
@@ -686,166 +616,6 @@ describe("tide.http", function()
       assert.is_true(closed(c2))
       c2:close()
       c1:close()
-    end)
-  end)
-
-  describe("client", function()
-    it("sends string bodies and reads length-delimited and chunked responses", function()
-      local s = serve(function(r, res)
-        local b = assert(r:body())
-        if r.path == "/chunked" then res:write(b); res:write("!"); return end
-        return 200, r.method .. ":" .. b .. ":" .. tostring(r.headers["content-length"])
-      end)
-      local res = assert(http.request{method = "post", url = url(s), body = "data",
-                                      headers = {["X-A"] = "1"}})
-      assert.equal("POST:data:4", res.body)
-      res = assert(http.request{method = "PUT", url = url(s, "/chunked"), body = "xyz"})
-      assert.equal("xyz!", res.body)
-      assert.equal("chunked", res.headers["transfer-encoding"])
-    end)
-
-    it("reads a body that ends with the connection and 1xx answers", function()
-      local srv = assert(net.listen{host = "127.0.0.1", port = 0, handler = function(c)
-        c:read_until("\r\n\r\n")
-        c:write("HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n",
-                "HTTP/1.0 200 OK\r\nX-A: b\r\n\r\nuntil the end")
-      end})
-      local res = assert(http.get(("http://127.0.0.1:%d/"):format(srv.port)))
-      srv:close()
-      assert.equal(200, res.status)
-      assert.equal("1.0", res.version)
-      assert.equal("until the end", res.body)
-    end)
-
-    it("fails with nil, message, code: refused, timeout, malformed, bad URL", function()
-      local srv = assert(net.listen{host = "127.0.0.1", port = 0})
-      local port = srv.port
-      srv:close()
-      local r, e, code = http.get(("http://127.0.0.1:%d/"):format(port))
-      assert.is_nil(r)
-      assert.equal("ECONNREFUSED", code, e)
-
-      local mute = assert(net.listen{host = "127.0.0.1", port = 0, handler = function(c)
-        c:read_until("\r\n\r\n")
-        c:set_timeout(5)
-        c:read()
-      end})
-      local t0 = tide.hrtime()
-      r, e, code = http.get(("http://127.0.0.1:%d/"):format(mute.port), {timeout = 0.2})
-      assert.is_nil(r)
-      assert.equal("ETIMEDOUT", code, e)
-      assert.is_true(tide.hrtime() - t0 < 2)
-      mute:close()
-
-      for _, garbage in ipairs{"SSH-2.0-OpenSSH\r\n\r\n", "HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n",
-                               "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
-                               "HTTP/1.1 200 OK\nA: b\n\n"} do
-        local bad = assert(net.listen{host = "127.0.0.1", port = 0, handler = function(c)
-          c:read_until("\r\n\r\n")
-          c:write(garbage)
-        end})
-        r, e, code = http.get(("http://127.0.0.1:%d/"):format(bad.port), {timeout = 5})
-        bad:close()
-        assert.is_nil(r)
-        assert.equal("EPROTO", code, e)
-      end
-
-      r, e, code = http.get("ftp://example.org/")
-      assert.equal("EINVAL", code)
-      r, e, code = http.get("not a url")
-      assert.equal("EINVAL", code)
-      r, e, code = http.get("http://no-such-host.invalid/", {timeout = 5})
-      assert.is_nil(r)
-      assert.is_string(code)
-      assert.has_error(function() http.request{url = "http://a/", bogus = 1} end)
-    end)
-
-    it("follows redirects when asked, up to follow=n", function()
-      local s
-      s = serve(function(r)
-        local n = tonumber(r.path:match("^/r/(%d+)$"))
-        if n and n > 0 then return 302, "", {Location = "/r/" .. (n - 1)} end
-        if r.path == "/see" then return 303, "", {Location = url(s, "/r/0")} end
-        return 200, r.method .. " at " .. r.path
-      end)
-      local res = assert(http.get(url(s, "/r/3")))
-      assert.equal(302, res.status)
-      res = assert(http.get(url(s, "/r/3"), {follow = 3}))
-      assert.equal(200, res.status)
-      assert.equal("GET at /r/0", res.body)
-      local r, e, code = http.get(url(s, "/r/3"), {follow = 2})
-      assert.is_nil(r)
-      assert.equal("ELOOP", code, e)
-      res = assert(http.request{method = "POST", url = url(s, "/see"), body = "x", follow = 1})
-      assert.equal("GET at /r/0", res.body)
-    end)
-
-    it("pools idle connections per host up to a cap", function()
-      local ports = {}
-      local s = serve(function(r)
-        ports[#ports + 1] = r.remote_port
-        return 200, "ok"
-      end)
-      http.close_idle()
-      local cap = http.max_idle_per_host
-      http.max_idle_per_host = 2
-      -- four at once: four connections (the pool is empty when each starts)
-      local tasks = {}
-      for i = 1, 4 do tasks[i] = tide.spawn(http.get, url(s)) end
-      for i = 1, 4 do assert.is_true((tasks[i]:join(5))) end
-      local first = {}
-      for _, p in ipairs(ports) do first[p] = true end
-      -- four at once again: the two the pool kept, and two new ones
-      ports = {}
-      for i = 1, 4 do tasks[i] = tide.spawn(http.get, url(s)) end
-      for i = 1, 4 do assert.is_true((tasks[i]:join(5))) end
-      http.max_idle_per_host = cap
-      local reused = 0
-      for _, p in ipairs(ports) do
-        if first[p] then reused = reused + 1 end
-      end
-      local n = 0
-      for _ in pairs(first) do n = n + 1 end
-      assert.equal(4, n)
-      assert.equal(2, reused)
-      -- one at a time: a single pooled connection serves them all
-      ports = {}
-      for _ = 1, 3 do assert(http.get(url(s))) end
-      assert.equal(ports[1], ports[2])
-      assert.equal(ports[1], ports[3])
-    end)
-
-    it("retries once when a pooled connection was closed by the server", function()
-      local s = serve(function() return 200, "ok" end, {keepalive_timeout = 0.05})
-      assert.equal(200, assert(http.get(url(s))).status)
-      local c = connect(s.port) -- (wait for the server's idle close, as an event:
-      c:write(req{"GET / HTTP/1.1", "Host: h"}) --  a second connection's own close)
-      assert.equal(200, read_response(c))
-      assert.is_true(closed(c))
-      c:close()
-      assert.equal(200, assert(http.get(url(s))).status)
-    end)
-
-    it("talks to python3's http.server", function()
-      local dir = os.tmpname()
-      os.remove(dir)
-      assert(os.execute("mkdir " .. dir) == 0 or true)
-      S.write_file(dir .. "/hello.txt", "hello from python\n")
-      local child = process.spawn{"python3", "-u", "-m", "http.server", "0", "--bind",
-                                  "127.0.0.1", "--directory", dir, stdout = "pipe",
-                                  stderr = "null"}
-      child.stdout:set_timeout(10)
-      local line = assert(child.stdout:read_line())
-      local port = assert(tonumber(line:match("port (%d+)")), line)
-      local res = assert(http.get(("http://127.0.0.1:%d/hello.txt"):format(port), {timeout = 5}))
-      local res2 = assert(http.get(("http://127.0.0.1:%d/nope"):format(port), {timeout = 5}))
-      child:kill()
-      child:wait(5)
-      os.remove(dir .. "/hello.txt")
-      os.remove(dir)
-      assert.equal(200, res.status)
-      assert.equal("hello from python\n", res.body)
-      assert.equal(404, res2.status)
     end)
   end)
 
