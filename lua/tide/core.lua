@@ -171,11 +171,9 @@ end
 -- under it is under a parked task too.
 local function ended(...) return finish(cur_co, cur_task, true, ...) end
 local function runner_body(job, arg)
-  while true do
-    if arg == nil then ended(job())
-    else ended(job(arg)) end
-    job, arg = yield(DONE)
-  end
+  if arg == nil then ended(job())
+  else ended(job(arg)) end
+  return runner_body(yield(DONE))
 end
 
 -- the job of a task spawned with arguments
@@ -1042,10 +1040,11 @@ local iq_last = 0 -- the last immediate of this check phase
 local iq_ran = 0
 
 local function next_immediate()
-  while iq_head <= iq_last do
-    local m = iq[iq_head]
-    iq[iq_head] = nil
-    iq_head = iq_head + 1
+  local h = iq_head
+  if h <= iq_last then
+    local m = iq[h]
+    iq[h] = nil
+    iq_head = h + 1
     if m[2] then
       m[2] = false
       iq_live = iq_live - 1
@@ -1053,6 +1052,7 @@ local function next_immediate()
       iq_ran = iq_ran + 1
       return m
     end
+    return next_immediate() -- (a cancelled one: the next)
   end
   return nil
 end
