@@ -497,6 +497,15 @@ describe("the loop", function()
       await(done)
       assert.same({"a", "d"}, log)
     end)
+
+    it("skips any number of stopped immediates in a row", function()
+      local ran, done = 0, tide.channel(1)
+      local ims = {}
+      for i = 1, 100000 do ims[i] = tide.immediate(function() ran = ran + 1 end) end
+      for i = 2, 100000 do ims[i]:stop() end
+      tide.immediate(function() done:send(ran) end)
+      assert.equal(1, await(done))
+    end)
   end)
 
   describe("close callbacks", function()
