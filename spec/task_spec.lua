@@ -847,6 +847,53 @@ describe("tasks", function()
       assert.truthy(err:find(pattern), ("%q does not match %q"):format(err, pattern))
     end
 
+    it("a wait inside a function C calls fails there and leaves nothing behind", function()
+      -- (a table.sort comparator: the yield cannot cross the C call)
+      local ok, err = pcall(table.sort, {3, 1, 2}, function(a, b)
+        tide.sleep(0.05)
+        return a < b
+      end)
+      assert.is_false(ok)
+      assert.truthy(tostring(err):find("yield across C%-call boundary"), err)
+      assert.equal("running", tide.current():status())
+      -- the failed wait's timeout must not reach a later wait of the task
+      tide.yield()
+      local ch = tide.channel()
+      tide.after(0.15, function() ch:send("late") end)
+      local t0 = tide.hrtime()
+      assert.equal("late", ch:recv())
+      assert.is_true(tide.hrtime() - t0 >= 0.1)
+    end)
+
+    it("survives a resume that raises, and limits coroutine nesting", function()
+      -- a suspended coroutine with a nearly full stack, resumed with many
+      -- values: the resume raises; waits must still work afterwards
+      local yielded = false
+      local function deep()
+        pcall(deep)
+        if not yielded then yielded = true; coroutine.yield() end
+      end
+      local co = coroutine.create(deep)
+      assert.is_true(coroutine.resume(co))
+      local many = {}
+      for i = 1, 1000 do many[i] = i end
+      local ok = coroutine.resume(co, unpack(many))
+      assert.is_false(ok)
+      tide.sleep(0) -- (a wait: it raised "cannot wait inside a coroutine" before)
+      -- nested resumes stop at 200 with an error, instead of crashing
+      local depth = 0
+      local function nest()
+        depth = depth + 1
+        local ok2, e = coroutine.resume(coroutine.create(nest))
+        if not ok2 then error(e, 0) end
+      end
+      local ok3, e3 = pcall(nest)
+      assert.is_false(ok3)
+      assert.truthy(tostring(e3):find("nested too deeply"), e3)
+      assert.equal(201, depth)
+      tide.sleep(0)
+    end)
+
     it("raises on bad arguments, naming the argument and function", function()
       check("bad argument #1 to 'sleep'", function() tide.sleep("x") end)
       check("bad argument #1 to 'sleep'", function() tide.sleep(0 / 0) end)

@@ -69,6 +69,8 @@ local cur_task = nil      -- the task it resumed there (nil: a callback's runner
                           -- one that became a task is in co_task)
 local user_depth = 0      -- how deep in coroutines the script made itself
 local park_timeout = nil  -- the timeout of the wait being parked
+local parking = nil       -- the task whose yield to park has not reached the
+                          -- scheduler yet (see repair_park)
 local ntasks = 0          -- live tasks (started or not, not finished)
 local last_id = 0         -- tasks are numbered in creation order
 local exiting = false
@@ -145,6 +147,7 @@ local pool, npool = {}, 0
 local MAX_POOL = 256
 local finish
 local new_timer, arm, disarm -- defined with the timers below
+local repair_park -- (the tasks, below)
 
 -- A job that raises ends its runner's coroutine (there is no pcall in the
 -- way, so a parked task's stack stays small: LuaJIT gives a coroutine
@@ -225,6 +228,7 @@ end
 -- (t: the task resumed, nil for a callback's runner)
 local function after_resume(co, ok, r, t)
   if r == PARK then
+    parking = nil
     -- A wait's timer is armed here, in the main state, after the task
     -- parked: calls into C (the clock) from deep in a task's stack would
     -- make LuaJIT double that coroutine's stack.
@@ -233,6 +237,9 @@ local function after_resume(co, ok, r, t)
       park_timeout = nil
       arm(t or co_task[co], timeout) -- a task is its own wait's timer
     end
+  elseif parking then -- (a wait of this run failed to yield: see repair_park)
+    repair_park()
+    return after_resume(co, ok, r, t)
   elseif r == DONE then
     if npool < MAX_POOL then
       npool = npool + 1
@@ -303,6 +310,7 @@ end
 -- The task the caller runs in; raises when called outside a task. (The
 -- error is built elsewhere: this frame lies under every parked task.)
 local function current_task(fname)
+  if parking then repair_park() end
   local co = cur_co
   if co and user_depth == 0 then return cur_task or co_task[co] or adopt(co) end
   not_in_task(co and user_depth > 0, fname)
@@ -380,6 +388,28 @@ local function abandon(t)
   end
 end
 
+-- A wait called where a yield cannot pass (inside a function that C
+-- calls: a table.sort comparator, a gsub function, a metamethod) fails in
+-- its yield, with LuaJIT's "attempt to yield across C-call boundary",
+-- after the wait marked the task as waiting. The task runs on; the next
+-- wait, or the end of the task, undoes what that wait left (its state,
+-- its place in a queue, the operation it waited for, its timeout). This
+-- costs the waits nothing (a check of `parking`) where checking that a
+-- yield can pass before every wait would cost a call.
+function repair_park()
+  local t = parking
+  parking, park_timeout = nil, nil
+  local st = t[ST]
+  if st == "waiting" or st == "ready" then
+    t[ST] = "running"
+    t[WSEQ] = t[WSEQ] + 1 -- (its entries in queues are stale now)
+    t.sending = nil
+    local w = t[WQ]
+    t[WQ] = false
+    if w and not w.stale then w:close() end
+  end
+end
+
 function on_timer(t)
   if t[ST] == "waiting" then
     abandon(t)
@@ -413,6 +443,7 @@ local function park(q, timeout, fname, sending)
   if sending ~= nil then t.sending = sending end
   t[ST] = "waiting"
   park_timeout = timeout -- armed by after_resume
+  parking = t
   local a, b, c = yield(PARK)
   if a == CANCEL then raise_cancel(t) end
   if b == nil then return a end
@@ -1245,20 +1276,30 @@ C.set_runners(run_task, run_direct, start, run_timers, run_immediates,
               run_closing, complete, blocking, stop_batches)
 
 -- Coroutines a script makes run inside its task. A wait inside one cannot
--- park the task, so it raises a clear error; user_depth tells waits.
-local function leave(...)
+-- park the task, so it raises a clear error; user_depth tells waits. The
+-- resume is protected: it may raise (too many values for the coroutine's
+-- stack) and user_depth must come down all the same. Nesting is limited:
+-- LuaJIT's nested resumes use the C stack with no check of their own, and
+-- some 100,000 of them crash the process.
+local MAX_NESTING = 200
+local NESTED = "coroutines nested too deeply (more than 200)"
+
+local function leave(pok, ...)
   user_depth = user_depth - 1
-  return ...
+  if pok then return ... end
+  return false, (...)
 end
 
 function coroutine.resume(co, ...)
   if type(co) ~= "thread" then return resume(co, ...) end -- its error
+  if user_depth >= MAX_NESTING then return false, NESTED end
   user_depth = user_depth + 1
-  return leave(resume(co, ...))
+  return leave(pcall(resume, co, ...))
 end
 
-local function leave_wrap(ok, ...)
+local function leave_wrap(pok, ok, ...)
   user_depth = user_depth - 1
+  if not pok then error(ok, 0) end -- (the resume itself raised)
   if ok then return ... end
   error((...), 0)
 end
@@ -1266,8 +1307,9 @@ end
 function coroutine.wrap(f)
   local co = coroutine_create(f)
   return function(...)
+    if user_depth >= MAX_NESTING then error(NESTED, 2) end
     user_depth = user_depth + 1
-    return leave_wrap(resume(co, ...))
+    return leave_wrap(pcall(resume, co, ...))
   end
 end
 
@@ -1284,6 +1326,7 @@ function tide.next(fn, ...)
 end
 
 function tide.current()
+  if parking then repair_park() end
   local co = cur_co
   if not co then return nil end
   return cur_task or co_task[co] or adopt(co)
@@ -1307,6 +1350,7 @@ function tide.yield()
   if t.cancel_err then raise_cancel(t) end
   t[ST] = "waiting"
   wake(t)
+  parking = t
   local a = yield(PARK)
   if a == CANCEL then raise_cancel(t) end
 end
@@ -1357,6 +1401,7 @@ function tide.exit(code)
   local co = cur_co
   if co and user_depth == 0 then
     -- park for good: the loop stops after this callback
+    if parking then repair_park() end
     local t = cur_task or co_task[co] or adopt(co)
     t[ST] = "waiting"
     t[WSEQ] = t[WSEQ] + 1
