@@ -393,6 +393,23 @@ describe("the sandbox", function()
     assert.is_true(secs < 0.5, "took " .. secs)
   end)
 
+  it("stops nesting that would overflow the C stack: gsub and coroutines", function()
+    -- each would crash the process (C stack) without the limits
+    local ok, err = run_in_plugin([[
+      local function f() ("a"):gsub(".", f) end
+      f()
+    ]], {budget = 1})
+    assert.is_nil(ok)
+    assert.truthy(err:find("gsub nested too deeply", 1, true), err)
+    ok, err = run_in_plugin([[
+      local function f() local c = coroutine.create(f); assert(coroutine.resume(c)) end
+      f()
+    ]], {budget = 1})
+    assert.is_nil(ok)
+    assert.truthy(err:find("nested too deeply", 1, true), err)
+    assert.equal("pong", select(2, load("return { ping = function() return 'pong' end }"):call("ping")))
+  end)
+
   it("stops a memory bomb with 'not enough memory' and keeps serving", function()
     local other = load("return { ping = function() return 'pong' end }")
     local before = collectgarbage("count")

@@ -31,6 +31,28 @@ local plugin = {}
 local Plugin = {}
 Plugin.__index = Plugin
 
+-- string.gsub with a function (or table) replacement calls back into Lua
+-- from C with an 8 KiB buffer on the C stack: a replacement that calls
+-- gsub again overflows the C stack after about 1,000 levels and crashes
+-- the process (LuaJIT checks only its Lua stack). Once plugins may run,
+-- the state's gsub (what `s:gsub` and string.gsub reach, in plugins and
+-- host alike) refuses to nest deeper than 100 levels.
+do
+  local gsub, depth = string.gsub, 0
+  local function back(ok, ...)
+    depth = depth - 1
+    if ok then return ... end
+    error((...), 0)
+  end
+  function string.gsub(s, pattern, repl, n)
+    local t = type(repl)
+    if t ~= "function" and t ~= "table" then return gsub(s, pattern, repl, n) end
+    if depth >= 100 then error("string.gsub nested too deeply (more than 100)", 2) end
+    depth = depth + 1
+    return back(pcall(gsub, s, pattern, repl, n))
+  end
+end
+
 local DEFAULT_BUDGET = 1            -- CPU seconds per call
 local DEFAULT_MEMORY = 64 * 2^20    -- bytes a call may grow the heap by
 local DEFAULT_MAX_FAILURES = 5
