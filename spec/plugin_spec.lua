@@ -836,6 +836,25 @@ describe("unload", function()
     p:unload() -- idempotent
     assert.is_nil(p:reload())
   end)
+
+  it("cancels callbacks of its timers and tide.next that wait, and drops those still queued", function()
+    local ticks = 0
+    plugin.define("tick", function() return function() ticks = ticks + 1 end end)
+    local p = load([[
+      return { start = function()
+        tide.next(function() while true do tick(); tide.sleep(0.005) end end)
+        tide.after(0, function() while true do tick(); tide.sleep(0.005) end end)
+      end,
+      later = function() tide.next(function() tick() end) end }
+    ]], {grants = {"timer", "tick"}})
+    assert.is_true(p:call("start"))
+    while ticks < 6 do tide.sleep(0.005) end
+    assert.is_true(p:call("later")) -- (queued now, due after the unload)
+    p:unload()
+    local seen = ticks
+    tide.sleep(0.03)
+    assert.equal(seen, ticks)
+  end)
 end)
 
 describe("hostile plugins", function()

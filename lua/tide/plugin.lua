@@ -177,6 +177,20 @@ local function guard(fn)
   end
 end
 
+-- guard for a callback of the plugin's own timers, immediates and
+-- tide.next: once it runs it is a task of version v (one that waits goes
+-- on as that task, which unload cancels), and one due after the version
+-- was unloaded does not run
+local function guard_in(v, fn)
+  if type(fn) ~= "function" then return fn end
+  local tasks = v.tasks
+  return function(...)
+    if v.dead then return end
+    tasks[tide.current()] = true
+    return settle(C_unmark(C_mark(), xpcall(fn, handler, ...)))
+  end
+end
+
 -- Proxies for the scheduler's objects: a plugin gets methods, never the
 -- tables the scheduler keeps its state in.
 local function task_proxy(t)
@@ -222,7 +236,7 @@ local function tide_table(v)
       return task_proxy(t)
     end,
     sleep = tide.sleep, yield = tide.yield,
-    next = function(fn, ...) return tide.next(guard(fn), ...) end,
+    next = function(fn, ...) return tide.next(guard_in(v, fn), ...) end,
     timeout = tide.timeout, now = tide.now, time = tide.time,
     hrtime = tide.hrtime,
     channel = function(n) return channel_proxy(tide.channel(n)) end,
@@ -231,7 +245,7 @@ local function tide_table(v)
     local function timer(name)
       local f = tide[name]
       t[name] = function(s, fn, ...)
-        local tm = f(s, guard(fn), ...)
+        local tm = f(s, guard_in(v, fn), ...)
         timers[tm] = true
         return timer_proxy(tm)
       end
@@ -240,7 +254,7 @@ local function tide_table(v)
     timer("every")
     local imm = tide.immediate
     t.immediate = function(fn, ...)
-      local m = imm(guard(fn), ...)
+      local m = imm(guard_in(v, fn), ...)
       timers[m] = true
       return {stop = function() return m:stop() end}
     end
@@ -678,6 +692,7 @@ end
 local function stop_version(v, tasks_too)
   for tm in pairs(v.timers) do pcall(tm.stop, tm) end
   if tasks_too then
+    v.dead = true -- (its callbacks still queued do not run)
     -- what its granted modules opened for it: sockets, servers, files,
     -- watchers (a value without a close method is left alone)
     for x in pairs(v.handles) do
