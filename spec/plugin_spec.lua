@@ -410,6 +410,28 @@ describe("the sandbox", function()
     assert.equal("pong", select(2, load("return { ping = function() return 'pong' end }"):call("ping")))
   end)
 
+  it("refuses to json.encode a value whose text would pass its memory budget", function()
+    -- 40 tables, each holding the next twice: 2^40 values in one C call
+    local ok, err = run_in_plugin([[
+      local t = "x"
+      for i = 1, 40 do t = {t, t} end
+      return #json.encode(t)
+    ]], {grants = {"json"}, memory = 2^20})
+    assert.is_nil(ok)
+    assert.truthy(err:find("exceed the plugin's memory budget", 1, true), err)
+    local ok2, n = run_in_plugin([[
+      local t = "x"
+      for i = 1, 10 do t = {t, t} end
+      return #json.encode(t)
+    ]], {grants = {"json"}, memory = 2^20})
+    assert.is_true(ok2)
+    assert.equal(#require("tide.json").encode((function()
+      local t = "x"
+      for _ = 1, 10 do t = {t, t} end
+      return t
+    end)()), n)
+  end)
+
   it("stops a memory bomb with 'not enough memory' and keeps serving", function()
     local other = load("return { ping = function() return 'pong' end }")
     local before = collectgarbage("count")

@@ -452,11 +452,45 @@ capabilities["fs.read"] = function(env, p, v)
   end
   env.fs = v.wrap(r)
 end
-capabilities.json = function(env)
+-- An upper bound of the bytes json.encode would write for v, or nil when
+-- it passes limit: a table met twice is written twice, so a small value
+-- can stand for an output of any size (40 tables, each holding the next
+-- twice: 2^40 values), which cjson would build in one C call, in memory
+-- outside the Lua heap and any budget. (The walk is bounded by the limit:
+-- plugins' texts are capped at their memory budget, and at 256 MiB.)
+local function json_size(v, limit)
+  local n = 0
+  local function walk(x, depth)
+    local t = type(x)
+    if t == "string" then n = n + #x + 8
+    elseif t ~= "table" then n = n + 24
+    else
+      n = n + 2
+      if depth < 10000 then
+        for k, y in next, x do
+          if n > limit then return end
+          n = n + 1 + (type(k) == "string" and #k + 3 or 24)
+          walk(y, depth + 1)
+        end
+      end
+    end
+  end
+  walk(v, 0)
+  if n <= limit then return n end
+end
+
+capabilities.json = function(env, p)
   local ok, cjson = pcall(require, "cjson")
   if not ok then error("capability 'json' needs lua-cjson", 0) end
   local j = cjson.new() -- its own settings: a plugin cannot change the host's
-  env.json = {encode = j.encode, decode = j.decode, null = j.null,
+  local encode = j.encode
+  env.json = {encode = function(v)
+                if not json_size(v, math.min(p.memory, 2^28)) then
+                  error("json.encode: the text would exceed the plugin's memory budget", 2)
+                end
+                return encode(v)
+              end,
+              decode = j.decode, null = j.null,
               encode_sparse_array = j.encode_sparse_array,
               encode_max_depth = j.encode_max_depth,
               decode_max_depth = j.decode_max_depth}
