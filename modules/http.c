@@ -22,6 +22,7 @@
  *       -> true | nil, status, message
  *   check_field(name, value) -> 0 | 1 (bad name) | 2 (bad value)
  *   peer_gone(stream) -> boolean: the peer closed or reset the connection
+ *   idle_usable(stream) -> boolean: a pooled client connection may be reused
  *   headers_mt: the metatable of every headers table made here (the Lua
  *   half gives it its case-insensitive __index)
  *
@@ -888,6 +889,26 @@ static int l_peer_gone(lua_State *L) {
   return 1;
 }
 
+/* idle_usable(stream) -> whether an idle pooled client connection may
+ * carry the next request: open, nothing buffered, and nothing arrived
+ * since its last response (bytes a server sends unasked would be taken
+ * for the next answer). On a TLS stream the socket may hold records that
+ * are not data (a session ticket): only its end counts there. */
+static int l_idle_usable(lua_State *L) {
+  tide__stream *s = tide__stream_check(L, 1);
+  int usable = 0;
+  if (s->fd >= 0 && !s->eof && !s->rerr && s->in.len == 0) {
+    char c;
+    ssize_t n;
+    do n = recv(s->fd, &c, 1, MSG_PEEK | MSG_DONTWAIT);
+    while (n < 0 && errno == EINTR);
+    usable = (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) ||
+             (n > 0 && s->ssl != NULL);
+  }
+  lua_pushboolean(L, usable);
+  return 1;
+}
+
 TIDE_MODULE("tide.http.c", tide__open_http) {
   static const luaL_Reg fns[] = {{"parse_request", l_parse_request},
                                  {"parse_response", l_parse_response},
@@ -924,6 +945,8 @@ TIDE_MODULE("tide.http.c", tide__open_http) {
   lua_setfield(L, -2, "parse_ffi_result");
   lua_pushcfunction(L, l_peer_gone);
   lua_setfield(L, -2, "peer_gone");
+  lua_pushcfunction(L, l_idle_usable);
+  lua_setfield(L, -2, "idle_usable");
   lua_pushinteger(L, BODY_NONE);
   lua_setfield(L, -2, "BODY_NONE");
   lua_pushinteger(L, BODY_LENGTH);

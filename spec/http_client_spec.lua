@@ -182,4 +182,95 @@ describe("tide.http client", function()
       assert.equal(404, res2.status)
     end)
   end)
+
+  describe("against a hostile server", function()
+    -- a raw server: handler(conn) per connection
+    local function raw(handler)
+      local sv = assert(net.listen{host = "127.0.0.1", port = 0, handler = function(c)
+        c:set_timeout(5)
+        handler(c)
+      end})
+      return sv, ("http://127.0.0.1:%d/"):format(sv.port)
+    end
+    local function read_head(c)
+      repeat local l = c:read_line() until l == "" or l == nil
+    end
+
+    it("fails at once with E2BIG when one chunk announces more than max_body_size", function()
+      local sv, u = raw(function(c)
+        read_head(c)
+        c:write("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nFFFFFFFFFFFF\r\n")
+        local x = ("x"):rep(65536)
+        for _ = 1, 100 do if not c:write(x) then return end end
+      end)
+      local t0 = tide.hrtime()
+      local r, e, code = http.request{url = u, max_body_size = 1000, timeout = 5}
+      sv:close()
+      assert.is_nil(r)
+      assert.equal("E2BIG", code, e)
+      assert.is_true(tide.hrtime() - t0 < 2)
+      sv, u = raw(function(c)
+        read_head(c)
+        c:write("HTTP/1.1 200 OK\r\nContent-Length: 1000000\r\n\r\nxx")
+      end)
+      r, e, code = http.request{url = u, max_body_size = 1000, timeout = 5}
+      sv:close()
+      assert.is_nil(r)
+      assert.equal("E2BIG", code, e)
+    end)
+
+    it("answers nil, message, EINVAL for URLs and redirects with a malformed host", function()
+      for _, bad in ipairs{"http://a b/", "http://h\t/", "http://a]b/", "http://a[b/",
+                           "http://" .. ("a"):rep(300) .. "/"} do
+        local r, e, code = http.request{url = bad, timeout = 5}
+        assert.is_nil(r)
+        assert.equal("EINVAL", code, e)
+      end
+      local sv, u = raw(function(c)
+        read_head(c)
+        c:write("HTTP/1.1 302 Found\r\nLocation: //a b/x\r\nContent-Length: 0\r\n\r\n")
+      end)
+      local r, e, code = http.request{url = u, follow = 1, timeout = 5}
+      sv:close()
+      assert.is_nil(r)
+      assert.equal("EINVAL", code, e)
+    end)
+
+    it("does not reuse an idle connection the server sent bytes on unasked", function()
+      local injected = tide.channel(1)
+      local sv, u = raw(function(c)
+        read_head(c)
+        c:write("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        tide.sleep(0.05)
+        c:write("HTTP/1.1 200 OK\r\nContent-Length: 8\r\n\r\nINJECTED")
+        injected:send(true)
+        read_head(c)
+      end)
+      assert.equal("ok", assert(http.get(u, {timeout = 5})).body)
+      assert(injected:recv(5))
+      tide.sleep(0.05) -- (the bytes reach the client's socket)
+      assert.equal("ok", assert(http.get(u .. "other", {timeout = 5})).body)
+      sv:close()
+    end)
+
+    it("closes pooled connections past idle_timeout, whatever their origin", function()
+      local saved = http.idle_timeout
+      http.idle_timeout = 0.2
+      local ends = tide.channel(10)
+      local servers = {}
+      for i = 1, 3 do
+        local sv, u = raw(function(c)
+          read_head(c)
+          c:write("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+          c:set_timeout(10)
+          ends:send(c:read() == nil) -- the client's close
+        end)
+        servers[i] = sv
+        assert.equal("ok", assert(http.get(u, {timeout = 5})).body)
+      end
+      for _ = 1, 3 do assert.is_true(ends:recv(5)) end
+      http.idle_timeout = saved
+      for _, sv in ipairs(servers) do sv:close() end
+    end)
+  end)
 end)

@@ -1095,6 +1095,13 @@ http.idle_timeout = 30      -- seconds an idle pooled connection is kept
 local MAX_RESPONSE_HEAD, MAX_RESPONSE_FIELDS = 65536, 200
 
 local pool = {} -- origin -> {conn, idle since, conn, idle since, ...}
+local idle_usable = C.idle_usable
+
+-- whether a pooled connection idle since `since` may carry a request at t
+local function reusable(cx, since, t)
+  return t - since < http.idle_timeout and not cx.conn_closed and
+         idle_usable(cx.conn[1])
+end
 
 local function pool_take(origin)
   local list = pool[origin]
@@ -1104,10 +1111,34 @@ local function pool_take(origin)
     local n = #list
     local cx, since = list[n - 1], list[n]
     list[n], list[n - 1] = nil, nil
-    if t - since < http.idle_timeout and not cx.conn_closed then return cx end
+    if reusable(cx, since, t) then return cx end
     cx.conn:close()
   end
+  pool[origin] = nil
   return nil
+end
+
+-- Every second while connections are pooled, those past idle_timeout, or
+-- closed by their server (or sent bytes unasked), are closed, whatever
+-- their origin: a program that met many origins keeps no descriptors
+-- for them. The timer does not keep the loop alive.
+local pool_timer = false
+
+local function pool_sweep()
+  local t, left = now(), false
+  for origin, list in pairs(pool) do
+    local keep = {}
+    for i = 1, #list, 2 do
+      local cx, since = list[i], list[i + 1]
+      if reusable(cx, since, t) then
+        keep[#keep + 1], keep[#keep + 2] = cx, since
+      else
+        cx.conn:close()
+      end
+    end
+    if #keep > 0 then pool[origin] = keep; left = true else pool[origin] = nil end
+  end
+  if not left and pool_timer then pool_timer:stop(); pool_timer = false end
 end
 
 local function pool_put(origin, cx)
@@ -1118,6 +1149,10 @@ local function pool_put(origin, cx)
     return
   end
   list[#list + 1], list[#list + 2] = cx, now()
+  if not pool_timer then
+    pool_timer = tide.every(1, pool_sweep)
+    pool_timer:unref()
+  end
 end
 
 -- http.close_idle(): closes every pooled connection
@@ -1126,6 +1161,7 @@ function http.close_idle()
     for i = 1, #list, 2 do list[i].conn:close() end
     pool[origin] = nil
   end
+  if pool_timer then pool_timer:stop(); pool_timer = false end
 end
 
 -- url -> scheme, host, port, target
@@ -1139,8 +1175,13 @@ local function parse_url(url)
   if target == "" then target = "/"
   elseif byte(target, 1) == 63 then target = "/" .. target end
   auth = auth:gsub("^.*@", "")
-  local host, port = auth:match("^%[([^%]]+)%]:?(%d*)$")
-  if not host then host, port = auth:match("^([^:]*):?(%d*)$") end
+  local host, port = auth:match("^%[([%x:.]+)%]:?(%d*)$")
+  if not host then
+    -- a name or an IPv4 address: letters, digits, '.', '-', '_', at most
+    -- 253 characters (anything else is a malformed URL, not a connect error)
+    host, port = auth:match("^([%w._-]*):?(%d*)$")
+    if host and #host > 253 then return nil end
+  end
   if not host or host == "" then return nil end
   port = port ~= "" and tonumber(port) or (scheme == "https" and 443 or 80)
   if port < 1 or port > 65535 then return nil end
@@ -1189,6 +1230,7 @@ local function read_body(cx, kind, length, until_close, deadline, max)
     return true
   end
   if kind == BODY_LENGTH then
+    if length > max then return nil, "response body too large", "E2BIG" end
     local left = length
     while left > 0 do
       local a = cavail(cx)
@@ -1223,18 +1265,30 @@ local function read_body(cx, kind, length, until_close, deadline, max)
           end
           break
         end
-        local left = size_ + 2
-        while cavail(cx) < left do
+        -- the chunk as it comes, a piece at a time (never the whole
+        -- announced size in the buffer first): over the limit at once
+        if size + size_ > max then return nil, "response body too large", "E2BIG" end
+        local left = size_
+        while left > 0 do
+          local a = cavail(cx)
+          if a == 0 then
+            local ok, e, code = cfill(cx, deadline)
+            if not ok then return nil, e, code end
+            a = cavail(cx)
+          end
+          local take = a < left and a or left
+          add(sub(cx.buf, cx.pos, cx.pos + take - 1))
+          cx.pos = cx.pos + take
+          left = left - take
+        end
+        while cavail(cx) < 2 do
           local ok, e, code = cfill(cx, deadline)
           if not ok then return nil, e, code end
         end
-        if sub(cx.buf, cx.pos + size_, cx.pos + size_ + 1) ~= "\r\n" then
+        if sub(cx.buf, cx.pos, cx.pos + 1) ~= "\r\n" then
           return fail_eproto("chunk without its CRLF")
         end
-        if not add(sub(cx.buf, cx.pos, cx.pos + size_ - 1)) then
-          return nil, "response body too large", "E2BIG"
-        end
-        cx.pos = cx.pos + left
+        cx.pos = cx.pos + 2
       end
     end
   elseif until_close then
