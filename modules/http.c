@@ -864,28 +864,26 @@ static int l_check_field(lua_State *L) {
   return 1;
 }
 
+/* What a peek at s's socket finds, without consuming anything: 1 bytes
+ * wait to be read, 0 the peer closed it (or s is closed), -1 it reset or
+ * failed, -2 nothing yet (open and quiet). */
+static int peek(const tide__stream *s) {
+  char c;
+  ssize_t n;
+  if (s->fd < 0 || s->eof) return 0;
+  do n = recv(s->fd, &c, 1, MSG_PEEK | MSG_DONTWAIT);
+  while (n < 0 && errno == EINTR);
+  if (n > 0) return 1;
+  if (n == 0) return 0;
+  return errno == EAGAIN || errno == EWOULDBLOCK ? -2 : -1;
+}
+
 /* peer_gone(stream) -> true when the peer closed or reset the connection
- * (a peek at the socket, without consuming: pipelined bytes stay), false
- * while it is open or when something is waiting to be read */
+ * (pipelined bytes stay), false while it is open or when something is
+ * waiting to be read */
 static int l_peer_gone(lua_State *L) {
-  tide__stream *s = lua_touserdata(L, 1);
-  int ok = 0, gone = 0;
-  if (s && lua_getmetatable(L, 1)) {
-    luaL_getmetatable(L, TIDE_STREAM_MT);
-    ok = lua_rawequal(L, -1, -2);
-    lua_pop(L, 2);
-  }
-  if (!ok) return luaL_typerror(L, 1, "stream");
-  if (s->fd < 0 || s->eof) {
-    gone = 1;
-  } else {
-    char c;
-    ssize_t n;
-    do n = recv(s->fd, &c, 1, MSG_PEEK | MSG_DONTWAIT);
-    while (n < 0 && errno == EINTR);
-    gone = n == 0 || (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK);
-  }
-  lua_pushboolean(L, gone);
+  int p = peek(tide__stream_check(L, 1));
+  lua_pushboolean(L, p == 0 || p == -1);
   return 1;
 }
 
@@ -896,16 +894,8 @@ static int l_peer_gone(lua_State *L) {
  * are not data (a session ticket): only its end counts there. */
 static int l_idle_usable(lua_State *L) {
   tide__stream *s = tide__stream_check(L, 1);
-  int usable = 0;
-  if (s->fd >= 0 && !s->eof && !s->rerr && s->in.len == 0) {
-    char c;
-    ssize_t n;
-    do n = recv(s->fd, &c, 1, MSG_PEEK | MSG_DONTWAIT);
-    while (n < 0 && errno == EINTR);
-    usable = (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) ||
-             (n > 0 && s->ssl != NULL);
-  }
-  lua_pushboolean(L, usable);
+  int p = s->rerr || s->in.len ? 0 : peek(s);
+  lua_pushboolean(L, p == -2 || (p == 1 && s->ssl != NULL));
   return 1;
 }
 

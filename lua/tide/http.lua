@@ -628,6 +628,12 @@ local function no_body_status(s) return s < 200 or s == 204 or s == 304 end
 
 -- Writes the head; length: the body's length, or nil (streamed).
 -- Returns true or nil, msg, code.
+-- the result of a write of the response: a failed one ends the connection
+local function sent(cx, ok, e, code)
+  if not ok then cx[BROKEN] = true; cx[KEEP] = false end
+  return ok, e, code
+end
+
 local function send_head(res, length, body)
   local cx, req = res[S_CX], res[S_REQ]
   local status = res.status
@@ -689,8 +695,7 @@ local function send_head(res, length, body)
   else
     ok, e, code = cx[CONN]:write(concat(parts))
   end
-  if not ok then cx[BROKEN] = true; cx[KEEP] = false end
-  return ok, e, code
+  return sent(cx, ok, e, code)
 end
 
 -- write(chunk) -> true | nil, msg, code: the head goes first; without a
@@ -721,8 +726,7 @@ function Res.write(res, chunk)
     end
     ok, e, code = cx[CONN]:write(chunk)
   end
-  if not ok then cx[BROKEN] = true; cx[KEEP] = false end
-  return ok, e, code
+  return sent(cx, ok, e, code)
 end
 
 -- finish([body]) -> true | nil, msg, code: the end of the response
@@ -1229,9 +1233,9 @@ local function read_body(cx, kind, length, until_close, deadline, max)
     parts[n] = d
     return true
   end
-  if kind == BODY_LENGTH then
-    if length > max then return nil, "response body too large", "E2BIG" end
-    local left = length
+  -- `left` bytes of body, a piece at a time as they come (never the whole
+  -- announced size in the buffer first)
+  local function take(left)
     while left > 0 do
       local a = cavail(cx)
       if a == 0 then
@@ -1239,13 +1243,19 @@ local function read_body(cx, kind, length, until_close, deadline, max)
         if not ok then return nil, e, code end
         a = cavail(cx)
       end
-      local take = a < left and a or left
-      if not add(sub(cx.buf, cx.pos, cx.pos + take - 1)) then
+      if a > left then a = left end
+      if not add(sub(cx.buf, cx.pos, cx.pos + a - 1)) then
         return nil, "response body too large", "E2BIG"
       end
-      cx.pos = cx.pos + take
-      left = left - take
+      cx.pos = cx.pos + a
+      left = left - a
     end
+    return true
+  end
+  if kind == BODY_LENGTH then
+    if length > max then return nil, "response body too large", "E2BIG" end
+    local ok, e, code = take(length)
+    if not ok then return nil, e, code end
   elseif kind == BODY_CHUNKED then
     while true do
       local size_, nxt = chunk_size(cx.buf, cx.pos)
@@ -1265,22 +1275,10 @@ local function read_body(cx, kind, length, until_close, deadline, max)
           end
           break
         end
-        -- the chunk as it comes, a piece at a time (never the whole
-        -- announced size in the buffer first): over the limit at once
+        -- over the limit: at once, before its bytes are read
         if size + size_ > max then return nil, "response body too large", "E2BIG" end
-        local left = size_
-        while left > 0 do
-          local a = cavail(cx)
-          if a == 0 then
-            local ok, e, code = cfill(cx, deadline)
-            if not ok then return nil, e, code end
-            a = cavail(cx)
-          end
-          local take = a < left and a or left
-          add(sub(cx.buf, cx.pos, cx.pos + take - 1))
-          cx.pos = cx.pos + take
-          left = left - take
-        end
+        local ok, e, code = take(size_)
+        if not ok then return nil, e, code end
         while cavail(cx) < 2 do
           local ok, e, code = cfill(cx, deadline)
           if not ok then return nil, e, code end

@@ -183,11 +183,11 @@ end
 -- was unloaded does not run
 local function guard_in(v, fn)
   if type(fn) ~= "function" then return fn end
-  local tasks = v.tasks
+  local tasks, run = v.tasks, guard(fn)
   return function(...)
     if v.dead then return end
     tasks[tide.current()] = true
-    return settle(C_unmark(C_mark(), xpcall(fn, handler, ...)))
+    return run(...)
   end
 end
 
