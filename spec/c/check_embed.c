@@ -25,6 +25,8 @@
 
 #include "tide.h"
 
+#include "call_result.h"
+
 /* ---- helpers ------------------------------------------------------------ */
 
 static double seconds(void) {
@@ -718,31 +720,6 @@ START_TEST(test_many_hosts) {
 END_TEST
 
 /* ---- calling Lua functions as tasks from C (tide_call) ---------------------- */
-
-typedef struct call_result {
-  int called, status, n;
-  char values[4][128];
-  lua_State *L;
-} call_result;
-
-static void on_result(tide_host *h, lua_State *L, int status, int n,
-                      void *ud) {
-  call_result *r = ud;
-  int i, base = lua_gettop(L) - n;
-  (void)h;
-  r->called++;
-  r->status = status;
-  r->n = n;
-  r->L = L;
-  for (i = 0; i < n && i < 4; i++) {
-    int idx = base + 1 + i;
-    const char *s = lua_isboolean(L, idx)
-                        ? (lua_toboolean(L, idx) ? "true" : "false")
-                        : lua_tostring(L, idx);
-    snprintf(r->values[i], sizeof r->values[i], "%s",
-             s ? s : luaL_typename(L, idx));
-  }
-}
 
 /* pushes the global function `name` and its arguments, then tide_call */
 static int call_global(tide_host *h, const char *name, const char *arg,

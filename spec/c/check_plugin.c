@@ -18,6 +18,8 @@
 
 #include "tide.h"
 
+#include "call_result.h"
+
 static char tmpdir[64];
 static char path[128];
 
@@ -65,28 +67,6 @@ static const char *global_string(tide_host *h, const char *name) {
   return buf;
 }
 
-typedef struct result {
-  int called, status;
-  char values[2][512];
-} result;
-
-static void on_result(tide_host *h, lua_State *L, int status, int n,
-                      void *ud) {
-  result *r = ud;
-  int i, base = lua_gettop(L) - n;
-  (void)h;
-  r->called++;
-  r->status = status;
-  for (i = 0; i < n && i < 2; i++) {
-    int idx = base + 1 + i;
-    const char *s = lua_isboolean(L, idx)
-                        ? (lua_toboolean(L, idx) ? "true" : "false")
-                        : lua_tostring(L, idx);
-    snprintf(r->values[i], sizeof r->values[i], "%s",
-             s ? s : luaL_typename(L, idx));
-  }
-}
-
 /* probe() -> whether a count hook is set: called by plugin code */
 static int l_probe(lua_State *L) {
   lua_pushboolean(L, lua_gethook(L) != NULL &&
@@ -97,7 +77,7 @@ static int l_probe(lua_State *L) {
 START_TEST(test_hook_set_only_while_plugin_code_runs) {
   tide_host *h = new_host();
   lua_State *L = tide_lua(h);
-  result r;
+  call_result r;
   tide_register(h, "probe", l_probe);
   write_plugin(h, "return { run = function(x) return probe.get() and x end }");
   run(h, "local plugin = require 'tide.plugin'\n"
@@ -143,7 +123,7 @@ static int l_reenter(lua_State *L) {
 START_TEST(test_busy_loop_after_c_called_back_into_lua) {
   tide_host *h = new_host();
   lua_State *L = tide_lua(h);
-  result r;
+  call_result r;
   inner_done = 0;
   tide_register(h, "reenter", l_reenter);
   write_plugin(h, "return { run = function() host.reenter() while true do end end }");
