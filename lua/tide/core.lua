@@ -28,6 +28,7 @@ local select, type, error, pcall, xpcall, tostring, getmetatable, setmetatable =
 local pairs = pairs
 local unpack, traceback, huge = unpack, debug.traceback, math.huge
 local stderr = io.stderr
+local jitguard = require "tide.jitguard" -- before any code can get hot
 
 -- ltimer.c through the FFI: plain numbers in and out, no lua_State
 local ffi = require "ffi"
@@ -1414,6 +1415,7 @@ function tide.stats()
   s.tasks = ntasks
   s.immediates = iq_live
   s.timers = live_timers + s.timers - armed_lists -- Lua's, and C modules'
+  s.jit_bad_traces = jitguard.found
   return s
 end
 
