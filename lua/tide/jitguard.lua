@@ -38,6 +38,7 @@ local tracemc, ircalladdr = jutil.tracemc, jutil.ircalladdr
 local find, byte = string.find, string.byte
 local type, pcall, error, tostring = type, pcall, error, tostring
 local collectgarbage = collectgarbage
+local stderr = io.stderr
 local jit_off, jit_flush, attach = jit.off, jit.flush, jit.attach
 
 -- lj_vm_next's address, from the names of the IR's calls in the
@@ -122,8 +123,8 @@ local function discard(fn)
   M.found = M.found + 1
   if M.found >= MAX_FINDINGS then
     pcall(jit_off) -- the JIT keeps getting it wrong: interpret everything
-    io.stderr:write("tide: LuaJIT miscompiled ", M.found,
-                    " traces (LuaJIT issue #829); the JIT is now off\n")
+    pcall(stderr.write, stderr, "tide: LuaJIT miscompiled ", M.found,
+          " traces (LuaJIT issue #829); the JIT is now off\n")
   elseif fn then
     pcall(jit_off, fn)
   end
