@@ -478,12 +478,14 @@ local function main_failed(e)
   C.exit(1)
 end
 
--- f(t, arg) of tide._on_finish, once
+-- f(t, arg) of tide._on_finish, once: whether f took the task's failure
+-- on itself (returned true)
 local function on_finish(t)
   local f, arg = t[FIN], t[FIN_ARG]
   t[FIN], t[FIN_ARG] = false, false
   local ok, e = pcall(f, t, arg)
   if not ok then report(e, t) end
+  return ok and e == true
 end
 
 -- A job of runner co ended (t: its task, or nil for a callback, which may
@@ -512,10 +514,10 @@ function finish(co, t, ok, ...)
       joined = true
     end
   end
-  if t[FIN] then on_finish(t) end
+  local taken = t[FIN] and on_finish(t)
   if t.main and t[ST] ~= "done" then
     main_failed(t.err)
-  elseif t[ST] == "failed" and not joined then
+  elseif t[ST] == "failed" and not joined and not taken then
     report(t.err, t) -- nobody waits for it (a joiner may have given up)
   end
 end
@@ -1227,7 +1229,8 @@ function tide._spawn_own(fn, arg)
 end
 -- fn(task, arg) runs when task ends (returns, fails or is cancelled),
 -- before its error is reported; for modules, such as a server closing the
--- connection (arg) of a handler task.
+-- connection (arg) of a handler task. When fn returns true, the failure
+-- is its to deal with, and is not reported.
 function tide._on_finish(t, fn, arg) t[FIN], t[FIN_ARG] = fn, arg end
 -- whether e is a cancellation (tide.plugin keeps them from plugins' pcall)
 function tide._is_cancel(e) return getmetatable(e) == Cancelled end

@@ -37,6 +37,7 @@ local floor, huge = math.floor, math.huge
 local traceback = debug.traceback
 local pcall = pcall
 local now, current = tide.now, tide.current
+local spawn_own, on_finish, is_cancel = tide._spawn_own, tide._on_finish, tide._is_cancel
 local stderr = io.stderr
 
 local parse_response, parse_trailers, chunk_size, scan_chunks =
@@ -162,14 +163,17 @@ local function check_serve(opts)
 end
 
 -- the connection's input ----------------------------------------------------------
--- A server connection's state is an array (eight slots: 64 bytes where
--- named fields take a hash part of 192): its stream, unparsed input from
--- cx[POS] on in cx[BUF], the server's options, the deadline of the
--- current read (false: none), whether the connection goes on after the
--- current response, its task, cx[ST] (below); then, when they happen, a
--- timed-out read, the close, a broken stream and a client gone.
+-- A server connection's state is an array (fifteen slots: 120 bytes
+-- where named fields take a hash part of 192 and more): its stream,
+-- unparsed input from cx[POS] on in cx[BUF], the server's options, the
+-- deadline of the current read (false: none), whether the connection
+-- goes on after the current response, its task, cx[ST] (below); then a
+-- timed-out read, the close, a broken stream and a client gone (when
+-- they happen); the server, the count of requests so far, and the
+-- response whose handler runs (false between handlers).
 local CONN, BUF, POS, CFG, DEADLINE, KEEP, TASK, ST = 1, 2, 3, 4, 5, 6, 7, 8
 local TIMED_OUT, CLOSED, BROKEN, GONE = 9, 10, 11, 12
+local SRV, NREQ, CUR = 13, 14, 15
 -- cx[BUF] holds unparsed input from cx[POS] on.
 
 local function append(cx, d)
@@ -833,17 +837,12 @@ local function run_request(cx, req, res)
   local handler = cx[CFG].handler
   cx[ST] = (req[R_STATE] == B_DONE or (req[R_STATE] == B_LENGTH and avail(cx) >= req._left))
           and WATCH or RUN
-  local ok, a, b, c = xpcall(handler, handler_error, req, res)
+  -- (not under xpcall: an error ends the task, and conn_done answers it)
+  cx[CUR] = res
+  local a, b, c = handler(req, res)
+  cx[CUR] = false
   cx[ST] = false
   if cx[GONE] then return false end
-  if not ok then
-    if getmetatable(a) == nil or type(a) == "string" then log_error(cx, req, a)
-    else log_error(cx, req, tostring(a)) end
-    if res[S_SENT] then cx[KEEP] = false; return false end
-    res[S_DONE] = false
-    respond_error(res, req._err or 500)
-    return cx[KEEP] and not cx[BROKEN]
-  end
   -- (rawget: a field a request has only after a failed body; a miss
   -- through Req.__index would cost a call per request)
   local err = rawget(req, "_err")
@@ -978,33 +977,20 @@ local function new_exchange(srv, cx, nreq, method, target, minor, headers, nxt,
 end
 
 -- The requests of a connection's buffer, one after the other (and the
--- rest of one that came in part): the count of requests so far once the
--- buffer is empty and the connection waits for more, or false when it
--- is done (closed here).
-local function serve_buffered(srv, cx, nreq)
+-- rest of one that came in part): true once the buffer is empty and the
+-- connection waits for more, or false when it is done (closed here).
+local function serve_buffered(srv, cx)
   repeat
     local method, target, minor, headers, nxt, body, length, flags = read_head(srv, cx)
     if not method then return false end
-    nreq = nreq + 1
+    local nreq = cx[NREQ] + 1
+    cx[NREQ] = nreq
     local req, res = new_exchange(srv, cx, nreq, method, target, minor, headers,
                                   nxt, body, length, flags)
     if not req then return false end
     if not run_request(cx, req, res) then close_conn(cx); return false end
   until cx[POS] > #cx[BUF]
-  return nreq
-end
-
--- After a read of the connection's next request: serves what came
--- (protected); the count of requests so far, or false when the
--- connection is done (closed here, and counted out).
-local function serve_step(srv, cx, nreq)
-  local ok, e = xpcall(serve_buffered, handler_error, srv, cx, nreq)
-  if ok and e then return e end
-  if not ok then
-    if not cx[GONE] then stderr:write("tide.http: ", tostring(e), "\n") end
-    cx[BROKEN] = true
-  end
-  return false
+  return true
 end
 
 -- The end of a connection's task.
@@ -1018,27 +1004,15 @@ local function serve_end(srv, cx, close)
   if not cx[CLOSED] then cx[CLOSED] = true; cx[CONN]:close() end
 end
 
--- A connection's task. The wait for the next request is here, in a small
--- frame and not under a pcall: a parked idle connection keeps its
--- coroutine's stack at the size it was made with (deeper, the stack
--- doubles: 0.4 KiB more per connection). If that wait raises (the task
--- cancelled), the sweeper counts the connection out once its deadline
--- passes.
-local function serve_conn(srv, conn)
-  local cfg = srv.cfg
-  local cx = {conn, "", 1, cfg, false, true, current(), false}
-  conn:set_timeout(nil, cfg.send_timeout)
-  srv.n = srv.n + 1
-  srv.live[cx] = true
-  if srv.n > cfg.max_connections then
-    local ok, e = xpcall(reject, handler_error, cx, 503, "too many connections")
-    if not ok then stderr:write("tide.http: ", tostring(e), "\n") end
-    return serve_end(srv, cx, false)
-  end
-  local nreq = 0
+-- The reads and requests of a connection, until it ends. The wait for
+-- the next request is here, in a small frame and not under a pcall: a
+-- parked idle connection keeps its coroutine's stack at the size it was
+-- made with (deeper, the stack doubles: 0.4 KiB more per connection).
+local function serve_loop(srv, cx)
+  local cfg, conn = cx[CFG], cx[CONN]
   repeat
     if srv.closing then return serve_end(srv, cx, true) end
-    cx[DEADLINE] = now() + (nreq == 0 and cfg.headers_timeout or cfg.keepalive_timeout)
+    cx[DEADLINE] = now() + (cx[NREQ] == 0 and cfg.headers_timeout or cfg.keepalive_timeout)
     cx[ST] = IDLE
     local d = conn:read()
     cx[DEADLINE], cx[ST] = false, false
@@ -1047,9 +1021,75 @@ local function serve_conn(srv, conn)
       return serve_end(srv, cx, true)
     end
     append(cx, d)
-    nreq = serve_step(srv, cx, nreq)
-  until not nreq
+  until not serve_buffered(srv, cx)
   return serve_end(srv, cx, false)
+end
+
+-- A task that goes on with a connection after its handler failed (see
+-- conn_done): the 500 (or the status of a failed body) when nothing was
+-- sent yet, then the requests that follow when the connection is kept.
+local function after_failure(cx)
+  local srv, res = cx[SRV], cx[CUR]
+  cx[CUR] = false
+  local keep = false
+  if not res[S_SENT] then
+    res[S_DONE] = false
+    respond_error(res, res[S_REQ]._err or 500)
+    keep = cx[KEEP] and not cx[BROKEN]
+  end
+  if not keep then
+    close_conn(cx)
+    return serve_end(srv, cx, false)
+  end
+  if cx[POS] <= #cx[BUF] and not serve_buffered(srv, cx) then
+    return serve_end(srv, cx, false)
+  end
+  return serve_loop(srv, cx)
+end
+
+-- The end of a connection's task (tide._on_finish). One that returned has
+-- closed its connection and counted it out (serve_end). Handlers run in
+-- the task itself, not under xpcall (with Debian 12's LuaJIT, an xpcall
+-- handler called for a stack overflow in compiled code can crash the
+-- process, LuaJIT issue #1196; an error that ends a coroutine does not):
+-- a handler's error ends the task, and is logged here, with the traceback
+-- of the dead coroutine, and answered by a new task that goes on with the
+-- connection. Any other failure ends the connection here.
+local function conn_done(t, cx)
+  if t:status() == "done" then return end
+  local e = t.err
+  local res = cx[CUR]
+  if res and not cx[GONE] then
+    log_error(cx, res[S_REQ], type(e) == "string" and e or tostring(e))
+    cx[ST] = false
+    local nt = spawn_own(after_failure, cx)
+    cx[TASK] = nt
+    on_finish(nt, conn_done, cx)
+    return true
+  end
+  if not cx[GONE] and not is_cancel(e) then
+    stderr:write("tide.http: ", tostring(e), "\n")
+  end
+  cx[BROKEN] = true
+  serve_end(cx[SRV], cx, false)
+  return true
+end
+
+-- A connection's task, from the server's listener.
+local function serve_conn(srv, conn)
+  local cfg = srv.cfg
+  local cx = {conn, "", 1, cfg, false, true, current(), false, false, false, false,
+              false, false, 0, false}
+  cx[SRV] = srv
+  on_finish(cx[TASK], conn_done, cx)
+  conn:set_timeout(nil, cfg.send_timeout)
+  srv.n = srv.n + 1
+  srv.live[cx] = true
+  if srv.n > cfg.max_connections then
+    reject(cx, 503, "too many connections")
+    return serve_end(srv, cx, false)
+  end
+  return serve_loop(srv, cx)
 end
 
 local Server = {}
