@@ -351,6 +351,41 @@ describe("tide.http server", function()
       end
     end)
 
+    it("answers and counts out a handler's error whose __tostring fails or waits", function()
+      local s = serve(function(r)
+        if r.path == "/raises" then
+          error(setmetatable({}, {__tostring = function() error("no text") end}))
+        elseif r.path == "/waits" then
+          error(setmetatable({}, {__tostring = function() tide.sleep(0.01); return "x" end}))
+        end
+        return 200, "fine"
+      end, {max_connections = 1})
+      -- (a closed connection is counted out once the server reads its end)
+      local function counted_out()
+        local deadline = tide.hrtime() + 5
+        while s.n > 0 do
+          assert(tide.hrtime() < deadline, "the connection was never counted out")
+          tide.sleep(0.005)
+        end
+      end
+      for _, path in ipairs{"/raises", "/waits"} do
+        local c = connect(s.port)
+        c:write(req{"GET " .. path .. " HTTP/1.1", "Host: h"})
+        assert.equal(500, read_response(c))
+        c:write(req{"GET / HTTP/1.1", "Host: h"})
+        local st, _, body = read_response(c)
+        assert.equal(200, st)
+        assert.equal("fine", body)
+        c:close()
+        counted_out()
+      end
+      -- the one connection allowed is free again: a new one is served
+      local c = connect(s.port)
+      c:write(req{"GET / HTTP/1.1", "Host: h", "Connection: close"})
+      assert.equal(200, read_response(c))
+      c:close()
+    end)
+
     it("a client that goes away cancels the handler's pending wait", function()
       local events = tide.channel(2)
       local s = serve(function(r)

@@ -1234,6 +1234,8 @@ end
 function tide._on_finish(t, fn, arg) t[FIN], t[FIN_ARG] = fn, arg end
 -- whether e is a cancellation (tide.plugin keeps them from plugins' pcall)
 function tide._is_cancel(e) return getmetatable(e) == Cancelled end
+-- tostring(v) that cannot raise (nor wait): for error objects
+tide._safe_tostring = safe_tostring
 -- f(co) before each resume of a task or runner and, when it returned
 -- true, f(false) after it (for tide.plugin's CPU budgets); nil removes it
 function tide._slice_hook(f)

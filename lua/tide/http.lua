@@ -38,6 +38,7 @@ local traceback = debug.traceback
 local pcall = pcall
 local now, current = tide.now, tide.current
 local spawn_own, on_finish, is_cancel = tide._spawn_own, tide._on_finish, tide._is_cancel
+local safe_tostring = tide._safe_tostring
 local stderr = io.stderr
 
 local parse_response, parse_trailers, chunk_size, scan_chunks =
@@ -1055,23 +1056,24 @@ end
 -- a handler's error ends the task, and is logged here, with the traceback
 -- of the dead coroutine, and answered by a new task that goes on with the
 -- connection. Any other failure ends the connection here.
+-- (The connection is seen to first: the error object's __tostring may
+-- fail or try to wait, and safe_tostring turns that into a message.)
 local function conn_done(t, cx)
   if t:status() == "done" then return end
-  local e = t.err
-  local res = cx[CUR]
+  local e, res = t.err, cx[CUR]
   if res and not cx[GONE] then
-    log_error(cx, res[S_REQ], type(e) == "string" and e or tostring(e))
     cx[ST] = false
     local nt = spawn_own(after_failure, cx)
     cx[TASK] = nt
     on_finish(nt, conn_done, cx)
+    log_error(cx, res[S_REQ], type(e) == "string" and e or safe_tostring(e))
     return true
-  end
-  if not cx[GONE] and not is_cancel(e) then
-    stderr:write("tide.http: ", tostring(e), "\n")
   end
   cx[BROKEN] = true
   serve_end(cx[SRV], cx, false)
+  if not cx[GONE] and not is_cancel(e) then
+    stderr:write("tide.http: ", safe_tostring(e), "\n")
+  end
   return true
 end
 
