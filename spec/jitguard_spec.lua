@@ -2,7 +2,8 @@
 -- code generator got wrong (a `next` step whose result pointer a 32-bit
 -- exchange cuts, LuaJIT issue #829) are discarded before they run.
 --
--- The workload below is a recursive walk with a `next` loop: with Debian
+-- The workload below is a recursive walk with a `next` loop (the shape of
+-- tide.plugin's json_size, where the crash was first met): with Debian
 -- 12's LuaJIT, about one compile in three of it holds the bad exchange,
 -- depending on the JIT's random penalties. It is compiled afresh 30 times
 -- (jit.flush); without the guard the process dies with SIGSEGV in nearly

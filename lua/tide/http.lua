@@ -25,16 +25,15 @@ local C = require "tide.http.c"
 local bit = require "bit"
 
 local type, error, tostring, tonumber, pairs, next, setmetatable, getmetatable,
-      rawget, rawset, xpcall =
+      rawget, rawset =
   type, error, tostring, tonumber, pairs, next, setmetatable, getmetatable,
-  rawget, rawset, xpcall
+  rawget, rawset
 local band = bit.band
 local find, sub, lower, upper, format, byte, gsub, char =
   string.find, string.sub, string.lower, string.upper, string.format,
   string.byte, string.gsub, string.char
 local concat = table.concat
 local floor, huge = math.floor, math.huge
-local traceback = debug.traceback
 local pcall = pcall
 local now, current = tide.now, tide.current
 local spawn_own, on_finish, is_cancel = tide._spawn_own, tide._on_finish, tide._is_cancel
@@ -761,11 +760,6 @@ end
 
 -- the server --------------------------------------------------------------------------
 
-local function handler_error(e)
-  if type(e) == "string" then return traceback(e, 2) end
-  return e
-end
-
 local function log_error(cx, req, e)
   stderr:write(("tide.http: error in handler for %s %s: %s\n"):format(
     req.method, req.target, tostring(e)))
@@ -994,15 +988,15 @@ local function serve_buffered(srv, cx)
   return true
 end
 
--- The end of a connection's task.
+-- The end of a connection: closed (gracefully when close is set: an
+-- error there ends the task, and conn_done comes back here without it),
+-- and counted out. (A stream's close is idempotent.)
 local function serve_end(srv, cx, close)
-  if close then
-    local ok, e = xpcall(close_conn, handler_error, cx)
-    if not ok then stderr:write("tide.http: ", tostring(e), "\n"); cx[BROKEN] = true end
-  end
+  if close then close_conn(cx) end
   srv.live[cx] = nil
   srv.n = srv.n - 1
-  if not cx[CLOSED] then cx[CLOSED] = true; cx[CONN]:close() end
+  cx[CLOSED] = true
+  cx[CONN]:close()
 end
 
 -- The reads and requests of a connection, until it ends. The wait for
@@ -1038,10 +1032,7 @@ local function after_failure(cx)
     respond_error(res, res[S_REQ]._err or 500)
     keep = cx[KEEP] and not cx[BROKEN]
   end
-  if not keep then
-    close_conn(cx)
-    return serve_end(srv, cx, false)
-  end
+  if not keep then return serve_end(srv, cx, true) end
   if cx[POS] <= #cx[BUF] and not serve_buffered(srv, cx) then
     return serve_end(srv, cx, false)
   end
